@@ -1,0 +1,35 @@
+"""Random search: uniform random walks over the space, the baseline every searcher is judged against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nasagent.arch import Architecture
+from nasagent.spaces.metaqnn import MetaQNNSpace
+from nasagent.strategies.base import Proposal, Strategy
+
+
+class RandomStrategy(Strategy):
+    """Each proposal is a walk choosing uniformly among the legal actions (MetaQNN at ε = 1)."""
+
+    name = "random"
+
+    def __init__(self, space: MetaQNNSpace, seed: int) -> None:
+        self.space = space
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def ask(self, unique_launched: int) -> Proposal:
+        arch = self.space.sample(lambda _state, actions: actions[int(self.rng.integers(len(actions)))])
+        return Proposal(arch)
+
+    def tell(self, arch: Architecture, reward: float, first_training: bool) -> None:
+        """Random search learns nothing from rewards."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Architecture, float]]) -> None:
+        if state is not None:
+            self.rng.bit_generator.state = state["rng"]
