@@ -1,0 +1,129 @@
+"""The ``nasagent`` command: parse, call the library, print. User errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+from nasagent.errors import ConfigError, NasagentError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (exit 2), without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"nasagent: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nasagent", description="Reinforcement-learning neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    search = sub.add_parser("search", help="run (or resume) a search")
+    search.add_argument("--experiment", required=True, help="experiment name; an existing one is resumed")
+    search.add_argument("--dataset", help="digits | npz:PATH | mnist | fashion_mnist | cifar10 | svhn (default digits)")
+    search.add_argument("--space", help="preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small) or FILE.yaml")
+    search.add_argument("--strategy", help="qlearning (default) | random")
+    search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")
+    search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
+    search.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
+    search.add_argument("--workers", type=int, help="parallel trials (default: one per GPU, else one per core)")
+    search.add_argument("--seed", type=int, help="seed of the strategy, data split and trials (default 0)")
+    search.add_argument("--val-size", type=float, help="validation split: count or fraction")
+    search.add_argument("--data-dir", help="where datasets are downloaded (default $NASAGENT_HOME/data)")
+    search.add_argument("--q-init", type=float, help="initial Q-value (default 0.5)")
+    search.add_argument("--alpha", type=float, help="Q-learning rate (default 0.01)")
+    search.add_argument("--replay-k", type=int, help="replay samples per update (default 100)")
+    search.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    search.add_argument("--db", help="postgresql:// URL (default $NASAGENT_DB, else the embedded server)")
+
+    status = sub.add_parser("status", help="where a search stands")
+    status.add_argument("--experiment", required=True)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--db")
+
+    top = sub.add_parser("top", help="the best architectures of an experiment")
+    top.add_argument("--experiment", required=True)
+    top.add_argument("-k", type=int, default=10)
+    top.add_argument("--json", action="store_true")
+    top.add_argument("--db")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return {"search": cmd_search, "status": cmd_status, "top": cmd_top}[args.command](args)
+    except NasagentError as exc:
+        print(f"nasagent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasagent: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _connect(db: str | None) -> Any:
+    from nasagent.store.embedded import resolve_db_url
+    from nasagent.store.postgres import Store
+
+    return Store.connect(resolve_db_url(db))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nasagent.search import run_search
+
+    given: dict[str, Any] = {
+        "dataset": args.dataset, "space": args.space, "strategy": args.strategy, "trials": args.trials,
+        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed, "val_size": args.val_size,
+        "data_dir": args.data_dir,
+    }
+    q = {k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None}
+    if q:
+        given["qlearning"] = q
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.dataset and args.dataset.startswith("npz:"):
+        given["dataset"] = "npz:" + str(Path(args.dataset[4:]).expanduser().resolve())
+    with _connect(args.db) as store:
+        run_search(store, args.experiment, given, workers=args.workers, device=args.device)
+        _print_top(store, args.experiment, 10, as_json=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nasagent.search import experiment_status
+
+    with _connect(args.db) as store:
+        status = experiment_status(store, args.experiment)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ConfigError(f"-k must be at least 1, got {args.k}")
+    with _connect(args.db) as store:
+        _print_top(store, args.experiment, args.k, as_json=args.json)
+    return 0
+
+
+def _print_top(store: Any, experiment: str, k: int, as_json: bool) -> None:
+    from nasagent.display import leaderboard, print_table
+    from nasagent.search import top_trials
+
+    rows = top_trials(store, experiment, k)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(leaderboard(rows, f"top {k} of {experiment}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Wires a search together: config -> data -> space -> strategy -> runner -> agent. Used by the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nasagent.agent import Agent, Progress
+from nasagent.build import BuildOptions
+from nasagent.config import SearchConfig, resume_config
+from nasagent.errors import ConfigError
+from nasagent.runners.local import LocalRunner, default_workers
+from nasagent.spaces.metaqnn import MetaQNNSpace
+from nasagent.store.postgres import Store
+from nasagent.strategies.base import Strategy
+from nasagent.strategies.qlearning import QLearningStrategy
+from nasagent.strategies.random_search import RandomStrategy
+from nasagent.training.trainer import TrainConfig
+from nasagent.trial import TrialSettings
+
+
+def make_strategy(config: SearchConfig, space: MetaQNNSpace) -> Strategy:
+    """The searcher named by ``config.strategy``."""
+    if config.strategy == "qlearning":
+        return QLearningStrategy(space, config.epsilon_schedule(), config.seed, config.qlearning)
+    if config.strategy == "random":
+        return RandomStrategy(space, config.seed)
+    raise ConfigError(f"unknown strategy {config.strategy!r}")
+
+
+def trial_settings(config: SearchConfig, device: str = "auto") -> TrialSettings:
+    """How every trial of the experiment loads its data and trains."""
+    space = config.space_config()
+    return TrialSettings(
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        data_seed=config.seed,
+        val_size=int(config.val_size) if config.val_size is not None and config.val_size >= 1 else config.val_size,
+        train=TrainConfig(epochs=config.epochs, seed=config.seed, device=device),
+        build=BuildOptions(activation=space.activation, dropout=space.dropout),
+    )
+
+
+def open_experiment(store: Store, name: str, given: dict[str, Any]) -> tuple[Any, SearchConfig]:
+    """Create the experiment, or load it and check the flags given again agree with it."""
+    existing = store.find_experiment(name)
+    if existing is not None:
+        return existing, resume_config(existing.config, given, name)
+    config = SearchConfig(**{k: v for k, v in given.items() if v is not None and k != "qlearning"})
+    if "qlearning" in given:
+        config = SearchConfig.from_dict({**config.to_dict(), "qlearning": {**config.to_dict()["qlearning"], **given["qlearning"]}})
+    return store.create_experiment(name, config.to_dict()), config
+
+
+def run_search(store: Store, name: str, given: dict[str, Any], workers: int | None = None, device: str = "auto") -> Progress:
+    """Run or resume experiment ``name`` with the local runner until its budget is trained."""
+    from nasagent.display import SearchDisplay
+
+    experiment, config = open_experiment(store, name, given)
+    settings = trial_settings(config, device)
+    data = settings.load_data()  # validates the data here, so bad input fails before any worker starts
+    space = MetaQNNSpace(config.space_config(), min(data.input_shape[1:]), data.num_classes)
+    strategy = make_strategy(config, space)
+    schedule = config.epsilon_schedule() if config.strategy == "qlearning" else None
+    with LocalRunner(settings, workers or default_workers(), data.num_classes) as runner, SearchDisplay(schedule) as display:
+        agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, on_progress=display)
+        return agent.run()
+
+
+def experiment_status(store: Store, name: str) -> dict[str, Any]:
+    """The numbers ``nasagent status --json`` prints."""
+    experiment = store.get_experiment(name)
+    config = SearchConfig.from_dict(experiment.config)
+    counts = store.counts(experiment.id)
+    launched = counts["unique_trained"] + counts["running"]
+    epsilon = config.epsilon_schedule().position(launched)[1] if config.strategy == "qlearning" else None
+    return {
+        "experiment": name,
+        "strategy": config.strategy,
+        "dataset": config.dataset,
+        "trials_done": counts["trials_done"],
+        "unique_trained": counts["unique_trained"],
+        "budget": config.budget,
+        "running": counts["running"],
+        "failed": counts["failed"],
+        "best_accuracy": counts["best_accuracy"],
+        "epsilon": epsilon,
+        "finished": counts["unique_trained"] >= config.budget,
+    }
+
+
+def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:
+    """The ``k`` best trained architectures of an experiment, best first."""
+    experiment = store.get_experiment(name)
+    return [
+        {
+            "rank": rank,
+            "arch": trial.arch,
+            "accuracy": trial.accuracy,
+            "params": trial.params,
+            "trial_id": trial.id,
+            "epsilon": trial.epsilon,
+            "train_seconds": trial.train_seconds,
+        }
+        for rank, trial in enumerate(store.top(experiment.id, k), start=1)
+    ]
