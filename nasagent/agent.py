@@ -187,7 +187,7 @@ class Agent:
             if outcome is not None:
                 tx.finish_trial(
                     trial_id, outcome.status, outcome.accuracy, outcome.params, outcome.failure,
-                    outcome.train_seconds, info={"worker": outcome.worker, **outcome.info},
+                    outcome.train_seconds, info=outcome.info, worker=outcome.worker,
                 )
             for proposal in proposals:
                 tx.append_replay(eid, trial_id, str(proposal.arch), reward)

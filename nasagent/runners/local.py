@@ -27,15 +27,21 @@ def default_workers() -> int:
     return torch.cuda.device_count() or os.cpu_count() or 1
 
 
-def _worker_main(name: str, settings: TrialSettings, tasks: Any, results: Any) -> None:
-    """Worker process: load the data once, then train trials until told to stop (None)."""
+def _worker_main(name: str, settings: TrialSettings, tasks: Any, results: Any, parent: int) -> None:
+    """Worker process: load the data once, then train trials until told to stop (None) or until
+    the agent that started it is gone (a ``kill -9`` of the agent must not leave workers behind)."""
     if settings.train.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(settings.train.device))
     else:
         torch.set_num_threads(1)
     data = settings.load_data()
     while True:
-        spec = tasks.get()
+        try:
+            spec = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if spec is None:
             return
         try:
@@ -74,7 +80,7 @@ class LocalRunner(Runner):
             settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, device=f"cuda:{index % self._gpus}"))
         name = f"local-{index}"
         tasks = self._ctx.Queue()
-        process = self._ctx.Process(target=_worker_main, args=(name, settings, tasks, self._results), name=name, daemon=True)
+        process = self._ctx.Process(target=_worker_main, args=(name, settings, tasks, self._results, os.getpid()), name=name, daemon=True)
         process.start()
         return _Worker(name, process, tasks)  # type: ignore[arg-type]
 
