@@ -27,6 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--dataset", help="digits | npz:PATH | mnist | fashion_mnist | cifar10 | svhn (default digits)")
     search.add_argument("--space", help="preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small) or FILE.yaml")
     search.add_argument("--strategy", help="qlearning (default) | random")
+    search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a setting of the strategy (repeatable)")
     search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")
     search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
     search.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
@@ -83,6 +84,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     q = {k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None}
     if q:
         given["qlearning"] = q
+    if args.option:
+        given["options"] = _parse_options(args.option)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.dataset and args.dataset.startswith("npz:"):
@@ -91,6 +94,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_search(store, args.experiment, given, workers=args.workers, device=args.device)
         _print_top(store, args.experiment, 10, as_json=False)
     return 0
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` flags into a mapping; values read as YAML scalars or lists (``[16, 32]``)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--option {key}: cannot read value {value!r}") from None
+    return options
 
 
 def cmd_status(args: argparse.Namespace) -> int:

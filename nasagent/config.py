@@ -9,10 +9,8 @@ from nasagent.errors import ConfigError
 from nasagent.store.embedded import nasagent_home
 from nasagent.spaces.metaqnn import SpaceConfig, load_space
 from nasagent.strategies.qlearning import QLearningConfig
+from nasagent.strategies.registry import STRATEGIES
 from nasagent.strategies.schedule import EpsilonSchedule
-
-STRATEGIES = ("qlearning", "random")
-
 
 @dataclass
 class SearchConfig:
@@ -37,6 +35,9 @@ class SearchConfig:
     data_dir: str = ""
     """Where torchvision datasets are downloaded; default ``$NASAGENT_HOME/data``."""
     qlearning: QLearningConfig = field(default_factory=QLearningConfig)
+    """MetaQNN's α, γ, Q₀ and K."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Settings of the chosen strategy (``--option KEY=VALUE``), checked by its factory."""
     space_spec: dict[str, Any] = field(default_factory=dict)
     """The resolved space, stored so a resume uses it even if the preset file changes."""
 
@@ -63,6 +64,7 @@ class SearchConfig:
 
     @property
     def budget(self) -> int:
+        """Unique architectures to train."""
         return self.epsilon_schedule().total
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,7 +79,7 @@ class SearchConfig:
 
 
 # Fields a resume may not change: they define what the experiment's numbers mean.
-IDENTITY = ("dataset", "space", "strategy", "trials", "schedule", "epochs", "seed", "val_size", "qlearning")
+IDENTITY = ("dataset", "space", "strategy", "trials", "schedule", "epochs", "seed", "val_size", "qlearning", "options")
 
 
 def resume_config(stored: dict[str, Any], given: dict[str, Any], name: str) -> SearchConfig:

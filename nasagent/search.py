@@ -7,24 +7,12 @@ from typing import Any
 from nasagent.agent import Agent, Progress
 from nasagent.build import BuildOptions
 from nasagent.config import SearchConfig, resume_config
-from nasagent.errors import ConfigError
 from nasagent.runners.local import LocalRunner, default_workers
-from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.store.postgres import Store
-from nasagent.strategies.base import Strategy
-from nasagent.strategies.qlearning import QLearningStrategy
-from nasagent.strategies.random_search import RandomStrategy
+from nasagent.strategies.qlearning import QLearningConfig
+from nasagent.strategies.registry import make_strategy
 from nasagent.training.trainer import TrainConfig
 from nasagent.trial import TrialSettings
-
-
-def make_strategy(config: SearchConfig, space: MetaQNNSpace) -> Strategy:
-    """The searcher named by ``config.strategy``."""
-    if config.strategy == "qlearning":
-        return QLearningStrategy(space, config.epsilon_schedule(), config.seed, config.qlearning)
-    if config.strategy == "random":
-        return RandomStrategy(space, config.seed)
-    raise ConfigError(f"unknown strategy {config.strategy!r}")
 
 
 def trial_settings(config: SearchConfig, device: str = "auto") -> TrialSettings:
@@ -45,9 +33,10 @@ def open_experiment(store: Store, name: str, given: dict[str, Any]) -> tuple[Any
     existing = store.find_experiment(name)
     if existing is not None:
         return existing, resume_config(existing.config, given, name)
-    config = SearchConfig(**{k: v for k, v in given.items() if v is not None and k != "qlearning"})
-    if "qlearning" in given:
-        config = SearchConfig.from_dict({**config.to_dict(), "qlearning": {**config.to_dict()["qlearning"], **given["qlearning"]}})
+    values = {k: v for k, v in given.items() if v is not None}
+    if "qlearning" in values:
+        values["qlearning"] = QLearningConfig(**values["qlearning"])
+    config = SearchConfig(**values)
     return store.create_experiment(name, config.to_dict()), config
 
 
@@ -58,8 +47,7 @@ def run_search(store: Store, name: str, given: dict[str, Any], workers: int | No
     experiment, config = open_experiment(store, name, given)
     settings = trial_settings(config, device)
     data = settings.load_data()  # validates the data here, so bad input fails before any worker starts
-    space = MetaQNNSpace(config.space_config(), min(data.input_shape[1:]), data.num_classes)
-    strategy = make_strategy(config, space)
+    strategy = make_strategy(config, data.input_shape, data.num_classes)
     schedule = config.epsilon_schedule() if config.strategy == "qlearning" else None
     with LocalRunner(settings, workers or default_workers(), data.num_classes) as runner, SearchDisplay(schedule) as display:
         agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, on_progress=display)

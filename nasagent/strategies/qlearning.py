@@ -9,14 +9,18 @@ trajectory in temporally reversed order (Algorithm 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nasagent.arch import Architecture, Layer
 from nasagent.spaces.metaqnn import MetaQNNSpace, State
 from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.registry import check_options
 from nasagent.strategies.schedule import EpsilonSchedule
+
+if TYPE_CHECKING:
+    from nasagent.config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -138,3 +142,10 @@ class QLearningStrategy(Strategy):
         changes = {(s, a): self.q[s][a] for s, a in self._dirty}
         self._dirty.clear()
         return changes
+
+
+def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> QLearningStrategy:
+    """MetaQNN over the experiment's space; α, γ, Q₀ and K come from ``config.qlearning``."""
+    check_options(config.options, set(), "qlearning")
+    space = MetaQNNSpace(config.space_config(), min(input_shape[1:]), num_classes)
+    return QLearningStrategy(space, config.epsilon_schedule(), config.seed, config.qlearning)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nasagent.arch import Architecture
 from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.registry import check_options
+
+if TYPE_CHECKING:
+    from nasagent.config import SearchConfig
 
 
 class RandomStrategy(Strategy):
@@ -33,3 +37,9 @@ class RandomStrategy(Strategy):
     def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Architecture, float]]) -> None:
         if state is not None:
             self.rng.bit_generator.state = state["rng"]
+
+
+def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> RandomStrategy:
+    """Uniform random walks over the experiment's MetaQNN space."""
+    check_options(config.options, set(), "random")
+    return RandomStrategy(MetaQNNSpace(config.space_config(), min(input_shape[1:]), num_classes), config.seed)
