@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from nasagent.arch import Architecture
+from nasagent.networks import Network, parse_network
 from nasagent.errors import ConfigError
 from nasagent.runners.base import Runner
 from nasagent.store.postgres import Experiment, Store
@@ -75,7 +75,7 @@ class Agent:
         self.on_progress = on_progress or (lambda _p: None)
         self.poll_seconds = poll_seconds
         self.known: dict[str, tuple[int, float]] = {}  # digest -> (trial id, reward) of finished trials
-        self.in_flight: dict[str, tuple[int, Architecture]] = {}  # digest -> (trial id, arch)
+        self.in_flight: dict[str, tuple[int, Network]] = {}  # digest -> (trial id, arch)
         self.waiting: dict[str, list[Proposal]] = defaultdict(list)  # proposals of in-flight archs
         self.progress = Progress(budget=budget)
 
@@ -86,13 +86,13 @@ class Agent:
         saved = self.store.load_agent_state(eid)
         if saved is not None and saved[0] != self.strategy.name:
             raise ConfigError(f"experiment {self.experiment.name!r} was searched with --strategy {saved[0]}, not {self.strategy.name}")
-        replay = [(Architecture.parse(a), r) for a, r in self.store.load_replay(eid)]
+        replay = [(parse_network(a), r) for a, r in self.store.load_replay(eid)]
         self.strategy.restore(saved[1] if saved else None, self.store.load_q(eid), replay)
         rerun = []
         for trial in self.store.trials(eid):
             if trial.status == "running":
                 rerun.append(TrialSpec(trial.id, trial.arch, trial_seed(self.seed, trial.digest)))
-                self.in_flight[trial.digest] = (trial.id, Architecture.parse(trial.arch))
+                self.in_flight[trial.digest] = (trial.id, parse_network(trial.arch))
             else:
                 self.known[trial.digest] = (trial.id, float(trial.accuracy))
                 self._note_best(trial.arch, float(trial.accuracy), trial.status)

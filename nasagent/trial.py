@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasagent.arch import Architecture
+from nasagent.networks import parse_network
 from nasagent.build import BuildOptions
 from nasagent.training.data import DataBundle, load_dataset
 from nasagent.training.trainer import TrainConfig, train_architecture
@@ -68,7 +68,7 @@ def trial_seed(experiment_seed: int, digest: str) -> int:
 
 def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker: str | None = None) -> TrialOutcome:
     """Train one architecture and turn the result into an outcome. Never raises for a bad network."""
-    arch = Architecture.parse(spec.arch)
+    arch = parse_network(spec.arch)
     started = time.perf_counter()
     config = dataclasses.replace(settings.train, seed=spec.seed)
     result = train_architecture(arch, data, config, settings.build)

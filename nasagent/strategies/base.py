@@ -11,14 +11,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasagent.arch import Architecture
+from nasagent.networks import Network
 
 
 @dataclass(frozen=True)
 class Proposal:
     """An architecture to evaluate, with what the strategy wants recorded beside it (e.g. ε)."""
 
-    arch: Architecture
+    arch: Network
     epsilon: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -39,7 +39,7 @@ class Strategy(ABC):
         training so far (the budget position, e.g. where the ε schedule stands)."""
 
     @abstractmethod
-    def tell(self, arch: Architecture, reward: float, first_training: bool) -> None:
+    def tell(self, arch: Network, reward: float, first_training: bool) -> None:
         """Reward for a proposal: after its training, or at once for a replay-dictionary hit
         (``first_training`` is then False)."""
 
@@ -52,7 +52,7 @@ class Strategy(ABC):
         self,
         state: dict[str, Any] | None,
         values: dict[tuple[str, str], float],
-        replay: list[tuple[Architecture, float]],
+        replay: list[tuple[Network, float]],
     ) -> None:
         """Resume from a saved ``state_dict`` (None for a new search), the persisted value table and
         the replay memory (every rewarded sample, oldest first)."""

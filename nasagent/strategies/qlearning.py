@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasagent.arch import Architecture, Layer
+from nasagent.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace, State
 from nasagent.strategies.base import Proposal, Strategy
 from nasagent.strategies.registry import check_options
@@ -119,7 +120,7 @@ class QLearningStrategy(Strategy):
                 target = gamma * self._max_value(transitions[i + 1][0], next_actions)
             self._set(state_key, action_key, (1 - alpha) * self.value(state_key, action_key) + alpha * target)
 
-    def tell(self, arch: Architecture, reward: float, first_training: bool) -> None:
+    def tell(self, arch: Network, reward: float, first_training: bool) -> None:
         self.replay.append((str(arch), float(reward)))
         picks = self.rng.integers(len(self.replay), size=self.config.replay_k)
         for index in picks:
@@ -129,7 +130,7 @@ class QLearningStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 
-    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Architecture, float]]) -> None:
+    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]) -> None:
         if state is not None:
             self.rng.bit_generator.state = state["rng"]
         self.q = {}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasagent.arch import Architecture
+from nasagent.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.strategies.base import Proposal, Strategy
 from nasagent.strategies.registry import check_options
@@ -28,13 +29,13 @@ class RandomStrategy(Strategy):
         arch = self.space.sample(lambda _state, actions: actions[int(self.rng.integers(len(actions)))])
         return Proposal(arch)
 
-    def tell(self, arch: Architecture, reward: float, first_training: bool) -> None:
+    def tell(self, arch: Network, reward: float, first_training: bool) -> None:
         """Random search learns nothing from rewards."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 
-    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Architecture, float]]) -> None:
+    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]) -> None:
         if state is not None:
             self.rng.bit_generator.state = state["rng"]
 
