@@ -28,3 +28,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .nasagent
+
+# Targets of the Kubeflow layer and other subsystems live in mk/*.mk, one file each.
+-include mk/*.mk

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from nasagent import commands
 from nasagent.errors import ConfigError, NasagentError
 
 
@@ -51,13 +54,18 @@ def _build_parser() -> argparse.ArgumentParser:
     top.add_argument("-k", type=int, default=10)
     top.add_argument("--json", action="store_true")
     top.add_argument("--db")
+    search.set_defaults(handler=cmd_search)
+    status.set_defaults(handler=cmd_status)
+    top.set_defaults(handler=cmd_top)
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        return {"search": cmd_search, "status": cmd_status, "top": cmd_top}[args.command](args)
+        return int(args.handler(args))
     except NasagentError as exc:
         print(f"nasagent: error: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _connect(db: str | None) -> Any:
+def connect(db: str | None) -> Any:
+    """The store at ``--db``, ``NASAGENT_DB`` or the embedded server (for commands' handlers)."""
     from nasagent.store.embedded import resolve_db_url
     from nasagent.store.postgres import Store
 
@@ -90,7 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.dataset and args.dataset.startswith("npz:"):
         given["dataset"] = "npz:" + str(Path(args.dataset[4:]).expanduser().resolve())
-    with _connect(args.db) as store:
+    with connect(args.db) as store:
         run_search(store, args.experiment, given, workers=args.workers, device=args.device)
         _print_top(store, args.experiment, 10, as_json=False)
     return 0
@@ -115,7 +124,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     from nasagent.search import experiment_status
 
-    with _connect(args.db) as store:
+    with connect(args.db) as store:
         status = experiment_status(store, args.experiment)
     if args.json:
         print(json.dumps(status, indent=2))
@@ -128,7 +137,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"-k must be at least 1, got {args.k}")
-    with _connect(args.db) as store:
+    with connect(args.db) as store:
         _print_top(store, args.experiment, args.k, as_json=args.json)
     return 0
 
