@@ -30,6 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--dataset", help="digits | npz:PATH | mnist | fashion_mnist | cifar10 | svhn (default digits)")
     search.add_argument("--space", help="preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small) or FILE.yaml")
     search.add_argument("--strategy", help="qlearning (default) | random")
+    search.add_argument("--policy", help="a trained policy file for strategies that load one (meta-a2c)")
     search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a setting of the strategy (repeatable)")
     search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")
     search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
@@ -93,8 +94,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     q = {k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None}
     if q:
         given["qlearning"] = q
-    if args.option:
+    if args.option or args.policy:
         given["options"] = _parse_options(args.option)
+        if args.policy:
+            given["options"]["policy"] = str(Path(args.policy).expanduser().resolve())
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.dataset and args.dataset.startswith("npz:"):

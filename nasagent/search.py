@@ -73,7 +73,14 @@ def experiment_status(store: Store, name: str) -> dict[str, Any]:
         "best_accuracy": counts["best_accuracy"],
         "epsilon": epsilon,
         "finished": counts["unique_trained"] >= config.budget,
+        "strategy_summary": _strategy_summary(store, experiment.id),
     }
+
+
+def _strategy_summary(store: Store, experiment_id: int) -> dict[str, Any]:
+    """What a strategy chose to report about itself (``state_dict()["summary"]``), e.g. reward variance."""
+    saved = store.load_agent_state(experiment_id)
+    return dict(saved[1].get("summary", {})) if saved else {}
 
 
 def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:

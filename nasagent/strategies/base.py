@@ -45,7 +45,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, JSON-serialisable (RNG state included)."""
+        """Everything needed to resume, JSON-serialisable (RNG state included; tensors as base64).
+        An optional ``"summary"`` entry of plain numbers is shown by ``nasagent status``."""
 
     @abstractmethod
     def restore(
