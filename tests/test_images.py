@@ -35,6 +35,7 @@ TORCH_VERSION = next(iter(TORCH.specifier)).version
 
 
 def load_lock_module() -> ModuleType:
+    """images/lock.py as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("images_lock", REPO / "images" / "lock.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -68,10 +69,12 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def dockerfile(image: str) -> list[tuple[str, str]]:
+    """The instructions of images/<image>/Dockerfile."""
     return instructions(REPO / "images" / image / "Dockerfile")
 
 
 def args_of(image: str, keyword: str) -> list[str]:
+    """The arguments of every ``keyword`` instruction of the image's Dockerfile, in order."""
     return [args for kw, args in dockerfile(image) if kw == keyword]
 
 
@@ -151,6 +154,7 @@ def test_build_context_carries_what_the_dockerfile_copies(image: str) -> None:
     patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
 
     def excluded(relative: str) -> bool:
+        """Whether .dockerignore keeps ``relative`` out of the build context."""
         # Docker's rule: the last pattern matching the path (or one of its parents) decides.
         parts = relative.split("/")
         candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -204,6 +208,7 @@ def test_trainer_lock_leaves_torch_and_its_cuda_stack_to_the_base() -> None:
 
 
 def locked(name: str, requires: tuple[str, ...] = (), requested: bool = False) -> Any:
+    """A ``Locked`` entry for a hand-made dependency graph."""
     return lock_tool.Locked(name, "1.0", "0" * 64, frozenset(requires), requested)
 
 
@@ -247,6 +252,7 @@ def test_lock_tool_insists_on_one_pinned_torch() -> None:
 
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
+    """``make ARGS`` at the repository root, output captured."""
     return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60)
 
 

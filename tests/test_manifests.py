@@ -41,10 +41,12 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentV
 
 
 def kustomization(overlay: str) -> dict[str, Any]:
+    """The overlay's kustomization.yaml."""
     return yaml.safe_load((MANIFESTS / "overlays" / overlay / "kustomization.yaml").read_text())
 
 
 def uses_gpu(overlay: str) -> bool:
+    """Whether the overlay includes components/gpu."""
     return any(Path(c).name == "gpu" for c in kustomization(overlay).get("components", []))
 
 
@@ -57,14 +59,17 @@ def render(directory: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every overlay, rendered once per module."""
     return {overlay: render(MANIFESTS / "overlays" / overlay) for overlay in OVERLAYS}
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The objects of ``kind`` (and ``name``, if given)."""
     return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one object of ``kind`` named ``name`` (fails the test if there is not exactly one)."""
     found = find(objects, kind, name)
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
     return found[0]
@@ -103,6 +108,7 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def secret_values(secret: dict[str, Any]) -> dict[str, str]:
+    """A Secret's values, decoded."""
     data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
     data.update(secret.get("stringData") or {})
     return data
@@ -277,6 +283,7 @@ def test_network_policies_admit_only_agent_trials_and_setup(rendered: dict[str, 
         assert all(set(peer) == {"podSelector"} for peer in sources), "same-namespace pods only"
 
         def admits(labels: dict[str, str]) -> bool:
+            """Whether some ingress peer of this policy selects a pod with ``labels``."""
             return any(selects(peer["podSelector"], labels) for peer in sources)
 
         assert all(admits(labels) for labels in admitted), server
@@ -349,6 +356,7 @@ def test_trial_template_labels_and_gpu_placement(rendered: dict[str, list[dict[s
     labels = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "trial"}
     assert job["metadata"]["labels"] == labels and job["spec"]["template"]["metadata"]["labels"] == labels
     assert job["spec"]["backoffLimit"] == 0, "the launcher retries; Kubernetes must not as well"
+    assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     pod = job["spec"]["template"]["spec"]
     resources = pod["containers"][0]["resources"]
     if uses_gpu(overlay):
