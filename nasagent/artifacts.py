@@ -68,6 +68,13 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def experiment_key(experiment: str, *parts: str) -> str:
+    """The key ``<experiment>/<parts...>``; ArtifactError if the experiment name cannot be one key segment."""
+    if not experiment or "/" in experiment or experiment in (".", "..") or "\\" in experiment or "\x00" in experiment:
+        raise ArtifactError(f"experiment name {experiment!r} cannot name artifacts (no '/', not '.' or '..')")
+    return check_key("/".join((experiment, *parts)))
+
+
 class ArtifactStore(ABC):
     """A flat namespace of keys holding bytes. ``url`` names the store in messages and reports."""
 
@@ -436,5 +443,6 @@ __all__ = [
     "check_key",
     "check_prefix",
     "default_artifacts_url",
+    "experiment_key",
     "open_artifacts",
 ]
