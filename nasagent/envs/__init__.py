@@ -1,0 +1,12 @@
+"""The NAS Gym environment over the Neural Structure Code space (Gomez Robles & Vanschoren, §4).
+
+:mod:`nasagent.envs.nas_env` holds the pure dynamics and the ``gymnasium`` environment;
+:mod:`nasagent.envs.driver` turns a searcher that acts in the environment inside out, so the agent
+can ask it for networks to train and tell it their accuracies.
+"""
+
+from __future__ import annotations
+
+from nasagent.envs.nas_env import NASEnv, NSCSpace, NSCState, Step, encode, step
+
+__all__ = ["NASEnv", "NSCSpace", "NSCState", "Step", "encode", "step"]
