@@ -49,12 +49,12 @@ def test_migration_files_are_versioned() -> None:
 
 def test_migrations_are_idempotent_and_recorded(db_url: str) -> None:
     with Store.connect(db_url) as first:
-        assert _schema_migrations(db_url) == [(1, "initial")]
+        assert _schema_migrations(db_url) == [(v, n) for v, n, _ in available_migrations()]
         assert first.migrate() == []
     with Store.connect(db_url) as second:
         assert second.migrate() == []
         assert second.list_experiments() == []
-    assert _schema_migrations(db_url) == [(1, "initial")]
+    assert _schema_migrations(db_url) == [(v, n) for v, n, _ in available_migrations()]
 
 
 def test_concurrent_migrations_apply_once(db_url: str) -> None:
@@ -72,7 +72,7 @@ def test_concurrent_migrations_apply_once(db_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert _schema_migrations(db_url) == [(1, "initial")]
+    assert _schema_migrations(db_url) == [(v, n) for v, n, _ in available_migrations()]
 
 
 def test_newer_schema_than_code_is_a_store_error(store: Store, db_url: str) -> None:

@@ -340,6 +340,20 @@ class Store:
             )
         return [TrialRow(*row) for row in rows]
 
+    def trial(self, trial_id: int) -> TrialRow | None:
+        """The trial with id ``trial_id``, or None (used by ``nasagent trial`` in a pod)."""
+        rows = self._fetch(f"SELECT {_TRIAL_COLUMNS} FROM trials WHERE id = %s", (trial_id,))
+        return TrialRow(*rows[0]) if rows else None
+
+    def trial_result(self, trial_id: int) -> tuple[int, dict[str, Any]] | None:
+        """(attempt, outcome JSON) that a trial run elsewhere wrote to ``trial_results``, or None."""
+        rows = self._fetch("SELECT attempt, outcome FROM trial_results WHERE trial_id = %s", (trial_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def clear_trial_result(self, trial_id: int) -> None:
+        """Forget a reported result (a launcher does this before it starts a trial again)."""
+        self._fetch("DELETE FROM trial_results WHERE trial_id = %s RETURNING trial_id", (trial_id,))
+
     def trial_by_digest(self, experiment_id: int, digest: str) -> TrialRow | None:
         """The experiment's trial of the architecture with ``digest`` (the replay dictionary), or None."""
         rows = self._fetch(
@@ -479,6 +493,17 @@ class StoreTransaction:
             )
             if cur.rowcount == 0:
                 raise StoreError(f"unknown trial id {trial_id}")
+
+    def save_trial_result(self, trial_id: int, attempt: int, outcome: dict[str, Any]) -> None:
+        """Report a trial's outcome (JSON) from where it ran; replaces an earlier attempt's report.
+        Does not touch the trial row: the agent records the outcome when its launcher reads it."""
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO trial_results (trial_id, attempt, outcome) VALUES (%s, %s, %s) "
+                "ON CONFLICT (trial_id) DO UPDATE"
+                " SET attempt = EXCLUDED.attempt, outcome = EXCLUDED.outcome, created_at = now()",
+                (trial_id, int(attempt), _json(outcome)),
+            )
 
     def append_replay(self, experiment_id: int, trial_id: int | None, arch: str, reward: float) -> None:
         """Append one rewarded sample to the replay memory (replay-dictionary hits included)."""
