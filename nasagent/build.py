@@ -123,6 +123,10 @@ def build_model(
     ``ConfigError`` when the architecture does not fit the input (a pooling window larger than
     the representation) or the statistics do not match the channels.
     """
+    from nasagent.nsc import NSCNetwork, build_nsc_model  # NSC networks have their own builder
+
+    if isinstance(arch, NSCNetwork):
+        return build_nsc_model(arch, input_shape, mean, std)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ConfigError(f"input shape must be (channels, height, width), got {tuple(input_shape)}")
     channels, h, w = (int(v) for v in input_shape)

@@ -24,4 +24,8 @@ class Network(Protocol):
 
 def parse_network(text: str) -> Architecture:
     """Read a network back from its stored string form."""
+    if text.lstrip().startswith("NSC["):
+        from nasagent.nsc import NSCNetwork  # imported on demand: it pulls in torch
+
+        return NSCNetwork.parse(text)  # type: ignore[return-value]
     return Architecture.parse(text)

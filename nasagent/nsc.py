@@ -189,7 +189,9 @@ class NSCNetwork:
                 out.append((c, -(-h // layer.kernel), -(-w // layer.kernel)))
             elif layer.type == AVG_POOL:
                 if layer.kernel > min(h, w):
-                    raise ConfigError(f"layer {layer.index} of {self}: average pooling {layer.kernel}x{layer.kernel} of a {h}x{w} representation")
+                    raise ConfigError(
+                        f"layer {layer.index} of {self}: average pooling {layer.kernel}x{layer.kernel} of a {h}x{w} representation"
+                    )
                 out.append((c, h // layer.kernel, w // layer.kernel))
             else:
                 c2, h2, w2 = out[layer.pred2]

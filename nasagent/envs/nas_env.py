@@ -308,13 +308,15 @@ class NASEnv(gym.Env):
 
 
 def space_from_options(options: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int) -> NSCSpace:
-    """The environment settings among a strategy's ``--option`` values (depth, tau, multi_branch, sigma)."""
+    """The environment settings among a strategy's ``--option`` values (depth, tau, multi_branch,
+    sigma). Defaults are the paper's: d = 10, σ = 0.1, τ = 10 chained and 20 multi-branch (§6)."""
+    multi_branch = as_bool(options.get("multi_branch", False), "multi_branch")
     try:
         return NSCSpace(
             tuple(int(v) for v in input_shape), int(num_classes),  # type: ignore[arg-type]
             depth=int(options.get("depth", 10)),
-            tau=int(options.get("tau", 10)),
-            multi_branch=as_bool(options.get("multi_branch", False), "multi_branch"),
+            tau=int(options.get("tau", 20 if multi_branch else 10)),
+            multi_branch=multi_branch,
             sigma=float(options.get("sigma", 0.1)),
         )
     except (TypeError, ValueError) as exc:

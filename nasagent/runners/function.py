@@ -11,6 +11,7 @@ from collections import deque
 from typing import Callable
 
 from nasagent.arch import Architecture
+from nasagent.networks import parse_network
 from nasagent.runners.base import Runner
 from nasagent.trial import TrialOutcome, TrialSpec
 
@@ -34,7 +35,7 @@ class FunctionRunner(Runner):
         if not self._queue:
             return []
         spec = self._queue.popleft()
-        accuracy = float(self.reward(Architecture.parse(spec.arch)))
+        accuracy = float(self.reward(parse_network(spec.arch)))  # type: ignore[arg-type]
         return [TrialOutcome(spec.trial_id, "done", accuracy, train_seconds=0.0, worker="function")]
 
     @property
