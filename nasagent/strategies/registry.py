@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 STRATEGIES: dict[str, str] = {
     "qlearning": "nasagent.strategies.qlearning:from_config",
     "random": "nasagent.strategies.random_search:from_config",
+    "reinforce": "nasagent.strategies.reinforce:from_config",
     "meta-a2c": "nasagent.strategies.meta_a2c:from_config",
     "dqn": "nasagent.strategies.dqn:from_config",
     "random-nsc": "nasagent.envs.driver:from_config",
