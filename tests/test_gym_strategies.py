@@ -196,7 +196,7 @@ def test_search_config_selects_the_gym_strategies() -> None:
         strategy = make_strategy(SearchConfig(strategy=name, trials=20, options={"depth": 5, "multi_branch": True}), (1, 8, 8), 10)
         assert isinstance(strategy, cls) and strategy.space.depth == 5 and strategy.space.n_actions == 14
     dqn = make_strategy(SearchConfig(strategy="dqn", trials=40), (1, 8, 8), 10)
-    assert dqn.config.t_max == 40 and dqn.config.buffer_size == 20 and dqn.epsilon_now() == 1.0
+    assert dqn.config.t_max == 400 and dqn.config.buffer_size == 200 and dqn.epsilon_now() == 1.0
     with pytest.raises(ConfigError, match="not a setting"):
         make_strategy(SearchConfig(strategy="dqn", trials=5, options={"policy": "x"}), (1, 8, 8), 10)
     with pytest.raises(ConfigError, match="multi_branch"):

@@ -9,17 +9,19 @@ baselines default the paper's curves point to) of t_max environment steps. The t
 copied every ``target_update`` steps; one gradient step follows every ``train_freq`` steps once
 ``learning_starts`` transitions are stored.
 
-**Hand-written, not stable-baselines3.** SB3's ``DQN.learn()`` owns the loop (it calls
-``env.step`` and expects the reward back at once), so it cannot stop between proposing a network
-and hearing its accuracy minutes later, nor be persisted to PostgreSQL at every step and resumed
-after ``kill -9`` exactly: its replay sampling and ε-greedy draws use NumPy's global RNG, and its
-buffer and counters live inside objects saved only as a whole by ``save()``. The algorithm is
-small, so it is written here with every piece of state (weights, target, optimiser, buffer, RNG,
-counters) in ``state_dict``.
+**Hand-written, not stable-baselines3.** SB3's ``DQN.learn()`` owns the loop: it calls
+``env.step`` and needs the reward back at once, so it cannot stop between proposing a network and
+hearing its accuracy minutes later from a worker, and it can be saved (``save``,
+``save_replay_buffer``: pickles) only between ``learn`` calls, not inside the agent's per-step
+PostgreSQL transaction. Its replay sampling and ε-greedy draws also use NumPy's global RNG, so a
+resumed run would not continue exactly. The algorithm is small, so it is written here with every
+piece of state (weights, target, optimiser, buffer, RNG, counters) in ``state_dict``.
 
-Where the paper is silent: γ = 0.9 (as for meta-A2C, so the two learners discount alike);
-t_max defaults to the experiment's budget of unique networks (``--option t_max=`` overrides);
-learning starts after one minibatch (baselines' 1,000 assume far longer runs), and the target
+Where the paper is silent: γ = 0.9 (as for meta-A2C, so the two learners discount alike).
+t_max counts environment steps, which run several times the agent's budget of unique networks
+(cache hits, terminals, shifts); it defaults to 10 x the budget, so ε reaches 0.1 after about as
+many steps as the budget has networks, most of them new ones (``--option t_max=`` overrides).
+Learning starts after one minibatch (baselines' 1,000 assume far longer runs), and the target
 network is refreshed every 100 steps. Dueling heads and double Q-learning (baselines extras) are
 left out: the paper names plain DQN with experience replay.
 """
@@ -43,6 +45,8 @@ from nasagent.strategies.registry import check_options
 if TYPE_CHECKING:
     from nasagent.config import SearchConfig
 
+T_MAX_PER_NETWORK = 10
+"""Default t_max: environment steps per network of the agent's budget."""
 OPTIONS = SPACE_OPTIONS | {"t_max", "exploration_fraction", "batch_size", "lr", "gamma", "learning_starts", "target_update", "train_freq"}
 
 
@@ -216,7 +220,7 @@ def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_cla
     o = config.options
     try:
         cfg = DQNConfig(
-            t_max=int(o.get("t_max", config.budget)),
+            t_max=int(o.get("t_max", T_MAX_PER_NETWORK * config.budget)),
             exploration_fraction=float(o.get("exploration_fraction", 0.1)),
             batch_size=int(o.get("batch_size", 20)),
             lr=float(o.get("lr", 5e-4)),

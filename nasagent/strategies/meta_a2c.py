@@ -3,9 +3,9 @@
 The policy and the value share an LSTM with 128 units; the policy and value heads are the only
 unshared parameters. The LSTM's input at step t is the encoded state x_t (§4.2.1), the one-hot
 previous action a_{t-1}, the previous reward r_{t-1} and the step counter c_t within the episode.
-A2C with one worker (per lane) updates every j = 5 steps on the j-step returns
-``R_t = sum_i γ^i r_{t+i} + γ^j V(s_{t+j})`` with γ = 0.9, entropy coefficient η = 0.01, learning
-rate 1e-3 (Equation 1). The first action of a trial is drawn uniformly (§4.2.4) and is not learned
+A2C with one worker (per lane) updates every j steps (5 chained, 10 multi-branch as in §6.2) on
+the j-step returns ``R_t = sum_i γ^i r_{t+i} + γ^j V(s_{t+j})`` with γ = 0.9, entropy coefficient
+η = 0.01 and learning rate 1e-3 (Equation 1). The first action of a trial is drawn uniformly (§4.2.4) and is not learned
 from (no policy produced it).
 
 Meta-training (``nasagent meta-train``) runs one trial per dataset in sequence, each continuing from
@@ -18,8 +18,9 @@ Departures, and where the paper is silent:
 * **The recurrent state is kept across episodes within a trial** and the j-step returns run across
   episode boundaries: a trial is the meta-episode, whose total discounted reward RL² and
   "learning to reinforcement learn" maximise, and carrying h over is what lets the policy adapt
-  to the dataset. The authors' code reset the recurrent state at every episode. A new trial (a new
-  search, or the next dataset of meta-training) starts from h = 0, as the paper says.
+  to the dataset. The authors' code (baselines' LSTM policy, masked with the episode's ``done``)
+  reset the recurrent state and cut the returns at every episode's end. A new trial (a new search,
+  or the next dataset of meta-training) starts from h = 0, as the paper says.
 * c_t enters as c_t / τ, so all inputs lie in [0, 1].
 * Optimiser: RMSProp (decay 0.99, ε 1e-5), value-loss coefficient 0.5 and gradient-norm clipping
   at 0.5, the defaults of OpenAI baselines' A2C on which the authors built; the paper gives only
