@@ -1,0 +1,103 @@
+"""The ``search_agent`` component: the long-lived agent of a search, and what the UI shows of it.
+
+Runs ``nasagent search`` in the step's pod: the Q-learning agent (state in PostgreSQL, so a
+retried step resumes where it stopped) with a cluster launcher that starts one pod per trial
+(``kubernetes``: Jobs; ``kfp``: runs) up to ``parallelism`` at a time, or worker processes of
+the step (``local``, for ``kfp.local`` runs). The step's log shows one line per finished trial,
+and the artifact store holds a leaderboard refreshed as trials finish
+(``<experiment>/reports/leaderboard.md``, ``.json``). At the end it writes the Markdown
+leaderboard, the HTML report (``nasagent report``) and Figure 3 as KFP artifacts, logs the
+search's metrics, and returns the ranks the pipeline finetunes.
+"""
+
+from typing import List, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Markdown, Metrics, Output
+
+from components import AGENT_IMAGE
+
+
+@dsl.component(base_image=AGENT_IMAGE, install_kfp_package=False)
+def search_agent(
+    experiment: str,
+    run_name: str,
+    run_id: str,
+    dataset: str,
+    space: str,
+    strategy: str,
+    trials: int,
+    schedule: str,
+    epochs: int,
+    seed: int,
+    parallelism: int,
+    launcher: str,
+    trial_image: str,
+    gpus_per_trial: int,
+    node_selector: dict,
+    tolerations: list,
+    pending_timeout: int,
+    bucket: str,
+    keep_top: int,
+    finetune_top: int,
+    db_secret: str,
+    s3_secret: str,
+    leaderboard: Output[Markdown],
+    report: Output[HTML],
+    accuracy_plot: Output[HTML],
+    metrics: Output[Metrics],
+) -> NamedTuple("SearchOutputs", [("experiment", str), ("ranks", List[int]), ("best_accuracy", float)]):
+    """Run (or resume) the search to its budget, then publish its leaderboard, report and metrics.
+
+    Args:
+        experiment: nasagent experiment name; "" makes one from run_name and run_id (a retried run resumes its search).
+        run_name: The KFP run's display name (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
+        run_id: The KFP run's id (dsl.PIPELINE_JOB_ID_PLACEHOLDER).
+        dataset: Dataset spec, normally the prepare step's prepared:URL.
+        space: Search space preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small).
+        strategy: qlearning (MetaQNN) or random.
+        trials: Unique architectures to train; 0 for the whole schedule.
+        schedule: paper (Table 2, scaled to trials) or EPS:COUNT,...
+        epochs: Training epochs per architecture.
+        seed: Seed of the agent and of every trial.
+        parallelism: Trials in flight at once.
+        launcher: kubernetes (a Job per trial), kfp (a run per trial) or local (worker processes of this step).
+        trial_image: Image of the trial pods.
+        gpus_per_trial: nvidia.com/gpu limit of each trial pod (0: CPU trials).
+        node_selector: Node labels the trial pods need, e.g. {"nvidia.com/gpu.present": "true"}.
+        tolerations: Kubernetes tolerations of the trial pods (key, operator, value, effect).
+        pending_timeout: Seconds a trial pod may wait for a node before it is retried.
+        bucket: Artifact store: "" for the bucket of the S3 Secret, a bucket name, or a URL.
+        keep_top: Checkpoints kept during the search: the current top K trials.
+        finetune_top: How many of the best architectures the pipeline finetunes.
+        db_secret: Secret holding the database URL (key url); trial pods read nasagent-db.
+        s3_secret: Secret holding the S3 settings; trial pods read nasagent-s3.
+        leaderboard: The top 25 as a Markdown table.
+        report: The self-contained HTML report (Figures 3, A2-A4, leaderboard, failures, timing).
+        accuracy_plot: Figure 3 alone: the accuracy of every model in launch order.
+        metrics: unique_trained, trials_done, failed, budget, best_accuracy.
+    """
+    import collections
+    from pathlib import Path
+
+    from nasagent import kubeflow
+    from nasagent.artifacts import open_artifacts
+    from nasagent.cli import connect
+
+    name = kubeflow.experiment_name(experiment, run_name, run_id)
+    kubeflow.check_trial_secrets(launcher, db_secret, s3_secret)
+    url = kubeflow.artifacts_url(bucket)
+    kubeflow.run_cli(kubeflow.search_argv(
+        experiment=name, dataset=dataset, space=space, strategy=strategy, trials=trials, schedule=schedule,
+        epochs=epochs, seed=seed, parallelism=parallelism, launcher=launcher, trial_image=trial_image,
+        gpus_per_trial=gpus_per_trial, node_selector=node_selector, tolerations=tolerations,
+        pending_timeout=pending_timeout, artifacts=url, keep_top=keep_top,
+    ))
+    store = open_artifacts(url)
+    with connect(None) as db:
+        status = kubeflow.write_search_outputs(
+            db, name, store, Path(leaderboard.path), Path(report.path), Path(accuracy_plot.path), metrics.log_metric
+        )
+        ranks = kubeflow.finetune_ranks(db, name, store, finetune_top)
+    outputs = collections.namedtuple("SearchOutputs", ["experiment", "ranks", "best_accuracy"])
+    return outputs(name, ranks, float(status["best_accuracy"] or 0.0))

@@ -1,0 +1,286 @@
+"""What the Kubeflow Pipelines components (``components/``) call: flag building and output writing.
+
+KFP ships each lightweight component's function source alone into its pod, so a component
+cannot share helpers with another; the few things they share live here, in the library the
+images hold: where the artifact store is (``artifacts_url``), the ``nasagent search`` command
+line of the agent step (``search_argv``), the ranks the finetune step fans out over
+(``finetune_ranks``), and the files and metrics the Kubeflow UI shows (``write_search_outputs``,
+``ensemble_markdown``). Nothing here trains or decides anything: the components run the same
+``nasagent`` code as the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from nasagent.artifacts import ArtifactStore, experiment_key
+from nasagent.errors import ConfigError
+from nasagent.runners.cluster import DB_SECRET, LAUNCHERS, S3_SECRET, TOLERATION_EFFECTS, dns_label
+
+log = logging.getLogger(__name__)
+
+BUCKET_ENV = "NASAGENT_S3_BUCKET"
+"""Where the pipeline puts the ``bucket`` key of the S3 Secret (``kfp.kubernetes.use_secret_as_env``)."""
+
+LogMetric = Callable[[str, float], None]
+
+
+def artifacts_url(bucket: str) -> str:
+    """The artifact store of a pipeline run from its ``bucket`` parameter.
+
+    ``""``: the bucket named in the S3 Secret (``$NASAGENT_S3_BUCKET``); a bare name: that S3
+    bucket; a URL (``s3://BUCKET/PREFIX``, or ``file:///DIR`` for a local run): used as it is.
+    ConfigError if ``""`` is given and the Secret provided no bucket.
+    """
+    bucket = bucket.strip()
+    if "://" in bucket:
+        return bucket
+    if not bucket:
+        bucket = os.environ.get(BUCKET_ENV, "").strip()
+        if not bucket:
+            raise ConfigError(f"no bucket: set the pipeline parameter bucket, or the key 'bucket' of the S3 Secret ({BUCKET_ENV})")
+    return f"s3://{bucket}"
+
+
+def experiment_name(experiment: str, run_name: str, run_id: str) -> str:
+    """The nasagent experiment of a run: ``experiment`` if given, else one made from the KFP run's
+    display name and id (``cifar-search-3f2a9c1e``): a retried run resumes its own search, a new
+    run (even one with the same display name) starts a new one."""
+    if experiment.strip():
+        return experiment.strip()
+    if not run_id.strip():
+        raise ConfigError("no experiment name: set the pipeline parameter experiment")
+    return f"{dns_label(run_name, 40)}-{dns_label(run_id, 8)}"
+
+
+def check_trial_secrets(launcher: str, db_secret: str, s3_secret: str) -> None:
+    """ConfigError if a cluster launcher's trial pods would read other Secrets than the pipeline's steps.
+
+    The launchers give trial pods the Secrets ``nasagent-db`` and ``nasagent-s3``; a pipeline
+    whose steps read differently named ones would put its trials' results in another database.
+    """
+    if launcher == "local":
+        return
+    wrong = [f"{given} (trial pods read {fixed})" for given, fixed in ((db_secret, DB_SECRET), (s3_secret, S3_SECRET)) if given != fixed]
+    if wrong:
+        raise ConfigError(f"with launcher {launcher} the Secrets must be named {DB_SECRET} and {S3_SECRET}: got {', '.join(wrong)}")
+
+
+def node_selector_flags(selector: dict[str, Any]) -> list[str]:
+    """``{"k": "v"}`` as ``--node-selector k=v`` flags."""
+    flags: list[str] = []
+    for key, value in sorted(selector.items()):
+        flags += ["--node-selector", f"{key}={value}"]
+    return flags
+
+
+def toleration_flags(tolerations: Sequence[dict[str, Any]]) -> list[str]:
+    """Kubernetes tolerations (``key``, ``operator``, ``value``, ``effect``) as ``--toleration KEY[=VALUE]:EFFECT`` flags.
+
+    ConfigError for one the flag cannot say: no key, or no effect (the launcher's tolerations
+    always name one).
+    """
+    flags: list[str] = []
+    for toleration in tolerations:
+        key, effect = toleration.get("key"), toleration.get("effect")
+        if not key or effect not in TOLERATION_EFFECTS:
+            raise ConfigError(f"toleration {toleration} needs a key and an effect ({', '.join(TOLERATION_EFFECTS)})")
+        exists = toleration.get("operator", "Equal") == "Exists" or toleration.get("value") in (None, "")
+        flags += ["--toleration", f"{key}:{effect}" if exists else f"{key}={toleration['value']}:{effect}"]
+    return flags
+
+
+def search_argv(
+    *,
+    experiment: str,
+    dataset: str,
+    space: str,
+    strategy: str,
+    trials: int,
+    schedule: str,
+    epochs: int,
+    seed: int,
+    parallelism: int,
+    launcher: str,
+    trial_image: str,
+    gpus_per_trial: int,
+    node_selector: dict[str, Any],
+    tolerations: Sequence[dict[str, Any]],
+    pending_timeout: int,
+    artifacts: str,
+    keep_top: int,
+) -> list[str]:
+    """The ``nasagent search`` command line of the pipeline's agent step.
+
+    ``trials`` 0 means the whole schedule. The launcher's flags go in only for ``kubernetes``
+    and ``kfp``; with ``local`` (a ``kfp.local`` run) the trials run as worker processes of the
+    step and the GPU settings are ignored, with a warning.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    argv = [
+        "search", "--experiment", experiment, "--dataset", dataset, "--space", space, "--strategy", strategy,
+        "--schedule", schedule, "--epochs", str(epochs), "--seed", str(seed), "--parallelism", str(parallelism),
+        "--artifacts", artifacts, "--keep-top", str(keep_top), "--launcher", launcher,
+    ]
+    if trials:
+        argv += ["--trials", str(trials)]
+    if launcher == "local":
+        if gpus_per_trial or node_selector or tolerations:
+            log.warning("launcher local: trials run as worker processes of this step; "
+                        "gpus_per_trial, node selector and tolerations are ignored")
+        return argv
+    return argv + [
+        "--trial-image", trial_image, "--gpus-per-trial", str(gpus_per_trial), "--pending-timeout", str(pending_timeout),
+        *node_selector_flags(node_selector), *toleration_flags(tolerations),
+    ]
+
+
+def run_cli(argv: list[str]) -> None:
+    """Run ``nasagent <argv>`` in this process; SystemExit with its exit code if it fails (its
+    one-line error is printed already)."""
+    from nasagent.cli import main
+
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def finetune_ranks(db: Any, name: str, store: ArtifactStore, top: int) -> list[int]:
+    """The search ranks to finetune, ``1..min(top, finished trials)``; finetuned models of higher
+    ranks, left by an earlier run with a larger ``top``, are deleted (they are no longer the top)."""
+    from nasagent.models import finetuned_prefix, list_models
+
+    if top < 0:
+        raise ConfigError(f"finetune_top must be 0 or more, got {top}")
+    experiment = db.get_experiment(name)
+    ranks = list(range(1, len(db.top(experiment.id, top)) + 1)) if top else []
+    for model in list_models(store, name):
+        if model["rank"] > len(ranks):
+            store.delete_prefix(finetuned_prefix(name, model["rank"]))
+    return ranks
+
+
+def write_search_outputs(
+    db: Any, name: str, store: ArtifactStore, leaderboard: Path, report_page: Path, plot_page: Path, log_metric: LogMetric
+) -> dict[str, Any]:
+    """Write what the Kubeflow UI shows after the search, and keep a copy of the report in ``store``.
+
+    ``leaderboard`` gets the Markdown leaderboard, ``report_page`` the self-contained HTML report
+    (``nasagent report``), ``plot_page`` Figure 3 alone (accuracy per model, rolling mean, mean
+    per ε); the report's three files also go to ``<experiment>/reports/search/``. Logs the
+    summary metrics through ``log_metric`` and returns the status (``nasagent status --json``).
+    """
+    from nasagent.report import build_report, figure_accuracy, write_report
+
+    report = build_report(db, name)
+    with tempfile.TemporaryDirectory(prefix="nasagent-report-") as tmp:
+        index = write_report(report, tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            store.put_file(experiment_key(name, "reports", "search", path.name), path)
+        _copy(Path(tmp) / "leaderboard.md", leaderboard)
+        _copy(index, report_page)
+    figure = figure_accuracy(report)
+    _write(plot_page, _figure_page(f"{name}: accuracy of every model trained (Figure 3)", figure))
+    status = report.status
+    for key in ("unique_trained", "trials_done", "failed", "budget"):
+        log_metric(key, float(status[key] or 0))
+    if status.get("best_accuracy") is not None:
+        log_metric("best_accuracy", float(status["best_accuracy"]))
+    return status
+
+
+def _copy(source: Path, target: Path) -> None:
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+def _write(target: Path, text: str) -> None:
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(target).write_text(text, encoding="utf-8")
+
+
+def _figure_page(title: str, figure: Any | None) -> str:
+    """A self-contained HTML page showing one matplotlib figure (or why there is none)."""
+    head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>'
+    if figure is None:
+        return f"{head}<p>{html.escape(title)}: no finished model yet.</p></body></html>"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)  # no display, no pyplot state
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'{head}<img alt="{html.escape(title)}" src="data:image/png;base64,{image}" style="max-width:100%"></body></html>'
+
+
+def log_trial_metrics(outcome: dict[str, Any], log_metric: LogMetric) -> None:
+    """The metrics of one trial (``nasagent trial``'s outcome JSON)."""
+    log_metric("accuracy", float(outcome["accuracy"]))
+    log_metric("failed", 0.0 if outcome["status"] == "done" else 1.0)
+    for key in ("params", "train_seconds"):
+        if outcome.get(key) is not None:
+            log_metric(key, float(outcome[key]))
+    if (outcome.get("info") or {}).get("epochs_run") is not None:
+        log_metric("epochs_run", float(outcome["info"]["epochs_run"]))
+
+
+def finetune_line(row: dict[str, Any]) -> str:
+    """One log line for a finetuned model (a row of ``finetune_experiment``'s report)."""
+    if row["status"] == "done":
+        what = f"test {row['test_accuracy']:.4f} (validation {row['val_accuracy']:.4f})"
+    else:
+        what = f"failed: {row['failure']}"
+    return f"rank {row['rank']} {row['arch']}: {what}, {row['train_seconds']:.0f}s"
+
+
+def export_finetuned(store: ArtifactStore, name: str, row: dict[str, Any], out: Path) -> None:
+    """Copy the finetuned model of ``row`` from ``store`` into directory ``out`` (a KFP Model
+    artifact); for a model whose training failed, ``out`` holds ``failure.json`` instead."""
+    from nasagent.models import pull_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    if row["status"] == "done":
+        pull_model(store, name, int(row["rank"]), out)
+    else:
+        write_json(out / "failure.json", row)
+
+
+def log_finetune_metrics(row: dict[str, Any], log_metric: LogMetric) -> None:
+    """The metrics of one finetuned model (a row of ``finetune_experiment``'s report)."""
+    log_metric("rank", float(row["rank"]))
+    log_metric("failed", 0.0 if row["status"] == "done" else 1.0)
+    for key in ("test_accuracy", "val_accuracy", "search_accuracy", "params", "epochs_run", "train_seconds"):
+        if row.get(key) is not None:
+            log_metric(key, float(row[key]))
+
+
+def ensemble_markdown(report: dict[str, Any]) -> str:
+    """``ensemble_experiment``'s report as a Markdown table (Table 3's ensemble row and its members)."""
+    lines = [
+        f"# {report['experiment']}: ensemble of the top {len(report['members'])} ({report['source']} models)",
+        "",
+        f"Ensemble test accuracy **{report['ensemble_test_accuracy']:.4f}** "
+        f"(error {100 * (1 - report['ensemble_test_accuracy']):.2f}%), best single model "
+        f"{report['best_single_test_accuracy']:.4f}, on {report['test_size']} test images.",
+        "",
+        "| rank | validation | test | architecture |",
+        "|---:|---:|---:|---|",
+    ]
+    for row in report["members"]:
+        lines.append(f"| {row['rank']} | {row['val_accuracy']:.4f} | {row['test_accuracy']:.4f} | `{row['arch']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, document: Any) -> None:
+    """``document`` as JSON at ``path`` (parents created): the content of a KFP artifact."""
+    _write(path, json.dumps(document, indent=2, default=str))

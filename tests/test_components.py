@@ -1,0 +1,299 @@
+"""The library the Kubeflow components wrap, and one component run for real under kfp.local.
+
+Prepared datasets (split once, stored, loaded bit-identical, over file:// and a real S3 server),
+``nasagent prepare``, the live leaderboard hook, the pipeline glue of ``nasagent.kubeflow`` (flags,
+artifact URLs, the ranks to finetune), and the ``trial`` component run standalone by kfp.local's
+SubprocessRunner. The whole pipeline runs in ``test_pipeline.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures)
+
+from nasagent.agent import Progress
+from nasagent.arch import Architecture
+from nasagent.artifacts import ArtifactError, ArtifactStore, open_artifacts
+from nasagent.cli import main
+from nasagent.config import SearchConfig
+from nasagent.errors import ConfigError
+from nasagent.finetune import finetune_experiment
+from nasagent.kubeflow import (
+    artifacts_url,
+    check_trial_secrets,
+    experiment_name,
+    export_finetuned,
+    finetune_ranks,
+    search_argv,
+    toleration_flags,
+)
+from nasagent.leaderboard import LeaderboardPublisher, leaderboard_keys
+from nasagent.models import finetuned_prefix, list_models
+from nasagent.prepared import dataset_name, prepare_dataset, val_size_value
+from nasagent.store.postgres import Store
+from nasagent.training.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+
+def assert_same_data(a, b) -> None:  # type: ignore[no-untyped-def]
+    """Two DataBundles hold exactly the same splits and statistics."""
+    for split in ("train", "val", "test"):
+        assert torch.equal(getattr(a, split).x, getattr(b, split).x), split
+        assert torch.equal(getattr(a, split).y, getattr(b, split).y), split
+    assert a.mean == b.mean and a.std == b.std
+    assert a.num_classes == b.num_classes and a.input_shape == b.input_shape
+
+
+# -- prepared datasets ------------------------------------------------------------------------------
+
+
+def test_prepared_digits_load_exactly_as_split_and_preparing_again_uploads_nothing(tmp_path: Path) -> None:
+    store = open_artifacts(f"file://{tmp_path}/art")
+    first = prepare_dataset("digits", store, tmp_path / "data", seed=3)
+    assert first.uploaded and first.spec == f"prepared:file://{tmp_path}/art/{first.key}"
+    assert first.key.startswith("datasets/digits/") and first.key.endswith(".npz")
+    assert first.sizes == {"train": 1150, "val": 288, "test": 359} and first.num_classes == 10
+
+    again = prepare_dataset("digits", store, tmp_path / "data", seed=3)
+    assert not again.uploaded and again.spec == first.spec  # same content, same address
+    other = prepare_dataset("digits", store, tmp_path / "data", seed=4)
+    assert other.spec != first.spec  # another validation split is other data
+    assert store.list("datasets/") == sorted([first.key, other.key])
+
+    loaded = load_dataset(first.spec, tmp_path / "cache")
+    assert_same_data(loaded, load_dataset("digits", tmp_path, seed=3))
+    assert loaded.name == "digits"
+    cached = list((tmp_path / "cache" / "prepared").iterdir())
+    assert len(cached) == 1
+    store.delete(first.key)  # the cached copy is read from then on
+    assert_same_data(load_dataset(first.spec, tmp_path / "cache"), loaded)
+
+    with pytest.raises(ConfigError, match="has its validation split already"):
+        load_dataset(first.spec, tmp_path, val_size=0.1)
+    with pytest.raises(ConfigError, match="is prepared already"):
+        prepare_dataset(first.spec, store, tmp_path)
+
+
+def test_8bit_images_are_stored_as_uint8_and_come_back_bit_identical(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(120, 6, 6, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(4), 30)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    store = open_artifacts(f"file://{tmp_path}/art")
+    prepared = prepare_dataset(f"npz:{tmp_path}/mine.npz", store, tmp_path, val_size=20, seed=1)
+    assert prepared.name == "mine" and prepared.sizes == {"train": 76, "val": 20, "test": 24}
+    with np.load(tmp_path / "art" / prepared.key) as archive:
+        assert archive["x_train"].dtype == np.uint8 and int(archive["x_scale"]) == 255
+        assert json.loads(str(archive["meta"]))["source"] == f"npz:{tmp_path}/mine.npz"
+    expected = load_dataset(f"npz:{tmp_path}/mine.npz", tmp_path, val_size=20, seed=1)
+    assert_same_data(load_dataset(prepared.spec, tmp_path / "cache"), expected)
+
+
+def test_prepare_from_and_load_through_a_real_s3_server(tmp_path: Path, s3_env: str) -> None:  # noqa: F811
+    rng = np.random.default_rng(1)
+    source = tmp_path / "upload.npz"
+    np.savez(source, x=rng.random((90, 5, 5), dtype=np.float32), y=np.repeat(np.arange(3), 30))
+    store = open_artifacts(s3_env)
+    store.put_file("uploads/upload.npz", source)
+    prepared = prepare_dataset(f"npz:{s3_env}/uploads/upload.npz", store, tmp_path)
+    assert prepared.spec == f"prepared:{s3_env}/{prepared.key}" and prepared.name == "upload"
+    expected = load_dataset(f"npz:{source}", tmp_path)
+    assert_same_data(load_dataset(prepared.spec, tmp_path / "cache"), expected)
+    with pytest.raises(ArtifactError, match="no artifact missing.npz"):
+        prepare_dataset(f"npz:{s3_env}/uploads/missing.npz", store, tmp_path)
+
+
+def test_prepare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"file://{tmp_path}/art"
+    assert main(["prepare", "--dataset", "digits", "--val-size", "0.25", "--artifacts", url, "--data-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    spec = out.strip()
+    assert spec.startswith(f"prepared:{url}/datasets/digits/") and "train 1078, val 360, test 359; stored at" in err
+    assert main(["prepare", "--dataset", "digits", "--val-size", "0.25", "--artifacts", url, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["spec"] == spec and summary["uploaded"] is False and summary["sizes"]["val"] == 360
+    # A search, its trials and finetuning take the printed spec as their dataset.
+    assert SearchConfig(dataset=spec).dataset == spec
+    for argv, message in (
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--dataset", "digits", "--val-size", "-1"], "--val-size must be"),
+        (["--dataset", spec], "is prepared already"),
+        (["--dataset", "digits", "--artifacts", "ftp://x"], "must start with file:/// or s3://"),
+    ):
+        assert main(["prepare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_small_helpers() -> None:
+    assert dataset_name("cifar10") == "cifar10" and dataset_name("npz:s3://b/x/my data.npz") == "my-data"
+    assert val_size_value(0.0) is None and val_size_value(0.2) == 0.2 and val_size_value(500.0) == 500
+    with pytest.raises(ConfigError):
+        val_size_value(1.5)
+
+
+# -- the live leaderboard -----------------------------------------------------------------------------
+
+
+def finished_experiment(store: Store, name: str, results: list[tuple[str, str, float]]) -> int:
+    """An experiment whose trials ``(arch, status, accuracy)`` have finished; returns its id."""
+    experiment = store.create_experiment(name, SearchConfig(trials=len(results) + 1).to_dict())
+    with store.transaction() as tx:
+        for arch, status, accuracy in results:
+            trial_id = tx.insert_trial(experiment.id, arch, Architecture.parse(arch).digest, 1.0)
+            tx.finish_trial(trial_id, status, accuracy, 1000, None if status == "done" else "diverged", 1.5)
+    return experiment.id
+
+
+class FailingStore(ArtifactStore):
+    """An artifact store whose every write fails (the publisher must only log it)."""
+
+    url = "file:///unwritable"
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        raise ArtifactError(f"cannot write {key} in {self.url}: read-only file system")
+
+    put_file = get_bytes = get_file = exists = list = delete = None  # type: ignore[assignment]
+
+
+def test_leaderboard_is_published_when_a_trial_finishes(tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    finished_experiment(store, "live", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[C(8,3,1), SM(10)]", "failed", 0.1)])
+    artifacts = open_artifacts(f"file://{tmp_path}")
+    publisher = LeaderboardPublisher(store, artifacts, "live", k=2)
+    json_key, md_key = leaderboard_keys("live")
+
+    publisher(Progress(budget=4, unique_finished=3, failed=1))
+    document = json.loads(artifacts.get_bytes(json_key))
+    assert [(r["rank"], r["arch"], r["accuracy"]) for r in document["top"]] == [(1, "[FC(32), SM(10)]", 0.9), (2, "[SM(10)]", 0.7)]
+    assert document["status"]["unique_trained"] == 3 and document["status"]["failed"] == 1
+    markdown = artifacts.get_bytes(md_key).decode()
+    assert "3 of 4 models trained, 1 failed" in markdown and "| 1 | 0.9000 | 1,000 | 1.00 | `[FC(32), SM(10)]` |" in markdown
+
+    artifacts.delete(json_key)
+    publisher(Progress(budget=4, unique_finished=3, failed=1, trials_done=9))  # replay hits only: nothing new
+    assert not artifacts.exists(json_key)
+    publisher(Progress(budget=4, unique_finished=4, failed=1))
+    assert artifacts.exists(json_key)
+
+    failing = LeaderboardPublisher(store, FailingStore(), "live")
+    with caplog.at_level(logging.WARNING):
+        assert failing.publish() is False
+    assert "could not publish the leaderboard of live" in caplog.text
+
+    shown: list[int] = []
+    hook = publisher.after(lambda p: shown.append(p.unique_finished))
+    hook(Progress(budget=4, unique_finished=5))
+    assert shown == [5]
+
+
+# -- nasagent.kubeflow: what the components share --------------------------------------------------------
+
+
+def test_artifact_urls_experiment_names_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NASAGENT_S3_BUCKET", "from-secret")
+    assert artifacts_url("") == "s3://from-secret"
+    assert artifacts_url("mine") == "s3://mine" and artifacts_url("file:///tmp/x") == "file:///tmp/x"
+    assert artifacts_url("s3://b/prefix") == "s3://b/prefix"
+    monkeypatch.delenv("NASAGENT_S3_BUCKET")
+    with pytest.raises(ConfigError, match="no bucket"):
+        artifacts_url(" ")
+    assert experiment_name("cifar", "Run of nasagent-search (x)", "3F2A9C1E-77") == "cifar"
+    assert experiment_name("", "Run of nasagent-search (x)", "3F2A9C1E-77") == "run-of-nasagent-search-x-3f2a9c1e"
+    with pytest.raises(ConfigError, match="no experiment name"):
+        experiment_name(" ", "run", "")
+    check_trial_secrets("kubernetes", "nasagent-db", "nasagent-s3")
+    check_trial_secrets("local", "other-db", "other-s3")
+    with pytest.raises(ConfigError, match="other-db \\(trial pods read nasagent-db\\)"):
+        check_trial_secrets("kfp", "other-db", "nasagent-s3")
+
+
+def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture) -> None:
+    common = dict(
+        experiment="e", dataset="prepared:s3://b/datasets/digits/x.npz", space="metaqnn-small", strategy="qlearning",
+        trials=0, schedule="paper", epochs=20, seed=0, parallelism=8, trial_image="reg/nasagent-trainer:1",
+        gpus_per_trial=1, node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                     {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}],
+        pending_timeout=1200, artifacts="s3://b", keep_top=10,
+    )
+    argv = search_argv(launcher="kubernetes", **common)
+    assert "--trials" not in argv  # 0: the whole schedule
+    text = " ".join(argv)
+    for expected in ("--launcher kubernetes", "--parallelism 8", "--trial-image reg/nasagent-trainer:1", "--gpus-per-trial 1",
+                     "--pending-timeout 1200", "--node-selector nvidia.com/gpu.present=true",
+                     "--toleration nvidia.com/gpu:NoSchedule", "--toleration pool=gpu:NoExecute", "--artifacts s3://b"):
+        assert expected in text
+    # The CLI accepts exactly this command line (it fails later, at the cluster, not at the flags).
+    from nasagent.cli import _build_parser
+
+    parsed = _build_parser().parse_args(argv)
+    assert parsed.toleration == ["nvidia.com/gpu:NoSchedule", "pool=gpu:NoExecute"] and parsed.gpus_per_trial == 1
+
+    with caplog.at_level(logging.WARNING):
+        local = search_argv(launcher="local", **{**common, "trials": 5})
+    assert "--trial-image" not in local and "--trials" in local and "are ignored" in caplog.text
+    with pytest.raises(ConfigError, match="launcher must be"):
+        search_argv(launcher="slurm", **common)
+    with pytest.raises(ConfigError, match="needs a key and an effect"):
+        toleration_flags([{"operator": "Exists"}])
+
+
+def test_ranks_to_finetune_drop_models_of_an_earlier_larger_top(tmp_path: Path, store: Store) -> None:
+    finished_experiment(store, "ft", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[FC(8), SM(10)]", "done", 0.5)])
+    artifacts = open_artifacts(f"file://{tmp_path}")
+    for rank in (1, 2, 3, 4):  # models of an earlier run with finetune_top 4
+        artifacts.put_bytes(finetuned_prefix("ft", rank) + "model.json", json.dumps({"format": "nasagent-model/1", "rank": rank}).encode())
+    assert finetune_ranks(store, "ft", artifacts, 2) == [1, 2]
+    assert [m["rank"] for m in list_models(artifacts, "ft")] == [1, 2]
+    assert finetune_ranks(store, "ft", artifacts, 10) == [1, 2, 3]  # only 3 finished trials
+    assert finetune_ranks(store, "ft", artifacts, 0) == []
+    assert list_models(artifacts, "ft") == []
+
+
+def test_finetune_of_one_rank_refuses_ranks_that_do_not_exist(tmp_path: Path, store: Store, db_url: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    finished_experiment(store, "one", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7)])
+    artifacts = open_artifacts(f"file://{tmp_path}")
+    with pytest.raises(ConfigError, match="--rank must be at least 1"):
+        finetune_experiment(store, "one", artifacts, only_rank=0)
+    url = f"file://{tmp_path}"
+    assert main(["finetune", "--experiment", "one", "--rank", "3", "--artifacts", url, "--db", db_url]) == 2
+    assert "'one' has 2 finished trial(s): no rank 3 to finetune" in capsys.readouterr().err
+
+
+def test_a_model_whose_finetuning_failed_leaves_its_reason_as_the_model_artifact(tmp_path: Path) -> None:
+    row = {"rank": 2, "arch": "[SM(10)]", "status": "failed", "failure": "diverged (NaN loss)", "location": None}
+    export_finetuned(open_artifacts(f"file://{tmp_path}/art"), "x", row, tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "failure.json").read_text())["failure"] == "diverged (NaN loss)"
+
+
+# -- a component, run for real --------------------------------------------------------------------------
+
+
+def test_trial_component_runs_standalone_under_kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``trial`` component, executed by kfp.local's SubprocessRunner in this environment
+    (standalone mode: no database), trains its architecture and reports metrics and the outcome."""
+    from kfp import local
+
+    from components.trial import trial
+
+    monkeypatch.setenv("NASAGENT_HOME", str(tmp_path / "home"))
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = trial(arch="[C(32,3,1), P(2,2), FC(64), SM(10)]", dataset="digits", epochs=4, seed=1)
+    accuracy = task.outputs["Output"]
+    assert accuracy > 0.6  # chance is 0.1
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["accuracy"] == pytest.approx(accuracy) and metrics["failed"] == 0.0 and metrics["epochs_run"] == 4.0
+    outcome = json.loads(Path(task.outputs["outcome"].path).read_text())
+    assert outcome["status"] == "done" and outcome["accuracy"] == pytest.approx(accuracy)
+    assert len(outcome["info"]["history"]) == 4
