@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from nasagent.networks import Network, parse_network
 from nasagent.errors import ConfigError
@@ -27,6 +27,9 @@ from nasagent.runners.base import Runner
 from nasagent.store.postgres import Experiment, Store
 from nasagent.strategies.base import Proposal, Strategy
 from nasagent.trial import TrialOutcome, TrialSpec, trial_seed
+
+if TYPE_CHECKING:
+    from nasagent.checkpoints import CheckpointKeeper
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class Agent:
         seed: int,
         on_progress: Callable[[Progress], None] | None = None,
         poll_seconds: float = 1.0,
+        checkpoints: CheckpointKeeper | None = None,
     ) -> None:
         self.store = store
         self.experiment = experiment
@@ -74,6 +78,7 @@ class Agent:
         self.seed = seed
         self.on_progress = on_progress or (lambda _p: None)
         self.poll_seconds = poll_seconds
+        self.checkpoints = checkpoints  # prunes saved weights to the current top k after each trial
         self.known: dict[str, tuple[int, float]] = {}  # digest -> (trial id, reward) of finished trials
         self.in_flight: dict[str, tuple[int, Network]] = {}  # digest -> (trial id, arch)
         self.waiting: dict[str, list[Proposal]] = defaultdict(list)  # proposals of in-flight archs
@@ -176,6 +181,8 @@ class Agent:
         self.progress.failed += outcome.status == "failed"
         self.progress.last, self.progress.last_arch = outcome, str(arch)
         self._note_best(str(arch), outcome.accuracy, outcome.status)
+        if self.checkpoints is not None:
+            self.checkpoints.keep_top(self.store, self.experiment)
 
     def _reward(self, proposals: list[Proposal], trial_id: int, reward: float, outcome: TrialOutcome | None = None) -> None:
         """Tell the strategy, then commit everything the step changed in one transaction.

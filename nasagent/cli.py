@@ -44,6 +44,20 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--replay-k", type=int, help="replay samples per update (default 100)")
     search.add_argument("--device", default="auto", help="auto | cpu | cuda")
     search.add_argument("--db", help="postgresql:// URL (default $NASAGENT_DB, else the embedded server)")
+    search.add_argument("--artifacts", help="artifact store (file:///DIR or s3://BUCKET/PREFIX, default $NASAGENT_ARTIFACTS) for checkpoints")
+    search.add_argument("--keep-top", type=int, default=10, help="checkpoints kept: the current top K trials (default 10, 0: none)")
+    search.add_argument("--launcher", default="local", choices=("local", "kfp", "kubernetes"), help="where trials run (default local)")
+    search.add_argument("--parallelism", type=int, help="trials in flight (same as --workers; default 1 on a cluster)")
+    search.add_argument("--namespace", help="kubernetes/kfp: namespace of the trials (default: the agent's)")
+    search.add_argument("--trial-image", help="kubernetes/kfp: image with nasagent for the trials (default $NASAGENT_TRIAL_IMAGE)")
+    search.add_argument("--gpus-per-trial", type=int, help="kubernetes/kfp: nvidia.com/gpu limit per trial (default 1)")
+    search.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE", help="kubernetes/kfp: node label (repeatable)")
+    search.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT", help="kubernetes/kfp: taint tolerated (repeatable)")
+    search.add_argument("--trial-timeout", type=int, help="kubernetes/kfp: seconds one attempt may take (default 14400)")
+    search.add_argument("--pending-timeout", type=int, help="kubernetes/kfp: seconds a trial may wait for a node (default 900)")
+    search.add_argument("--max-retries", type=int, help="kubernetes/kfp: new attempts of a failed trial (default 2)")
+    search.add_argument("--kfp-host", help="kfp: API URL (default: in-cluster ml-pipeline service)")
+    search.add_argument("--trial-template", help="kubernetes: trial Job YAML to build on (default $NASAGENT_TRIAL_TEMPLATE)")
 
     status = sub.add_parser("status", help="where a search stands")
     status.add_argument("--experiment", required=True)
@@ -102,8 +116,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.dataset and args.dataset.startswith("npz:"):
         given["dataset"] = "npz:" + str(Path(args.dataset[4:]).expanduser().resolve())
+    if args.parallelism is not None and args.workers is not None and args.parallelism != args.workers:
+        raise ConfigError(f"--parallelism {args.parallelism} and --workers {args.workers} disagree; give one")
+    in_flight = args.parallelism if args.parallelism is not None else args.workers
+    if in_flight is not None and in_flight < 1:
+        raise ConfigError(f"--parallelism must be at least 1, got {in_flight}")
+    from nasagent.runners.cluster import launcher_settings
+
+    cluster = launcher_settings(args.launcher, args.experiment, in_flight, {
+        "image": args.trial_image, "namespace": args.namespace, "gpus_per_trial": args.gpus_per_trial,
+        "node_selector": args.node_selector, "tolerations": args.toleration, "trial_timeout": args.trial_timeout,
+        "pending_timeout": args.pending_timeout, "max_retries": args.max_retries, "kfp_host": args.kfp_host,
+        "job_template": args.trial_template,
+    })
     with connect(args.db) as store:
-        run_search(store, args.experiment, given, workers=args.workers, device=args.device)
+        run_search(store, args.experiment, given, workers=in_flight, device=args.device,
+                   artifacts=args.artifacts, keep_top=args.keep_top, launcher=args.launcher, cluster=cluster)
         _print_top(store, args.experiment, 10, as_json=False)
     return 0
 

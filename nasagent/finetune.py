@@ -119,16 +119,24 @@ def finetune_experiment(
     device: str = "auto",
     onnx: bool = False,
     on_model: Callable[[dict[str, Any]], None] | None = None,
+    only_rank: int | None = None,
 ) -> dict[str, Any]:
     """Finetune the ``top`` best trials of experiment ``name``, export each to ``store``, return the report.
 
-    ``on_model`` is called with each model's row as soon as it is done. Raises StoreError for an
-    unknown experiment, ConfigError for bad settings or an experiment with no finished trial,
-    DataError if the dataset has no test split, ArtifactError if the store fails.
+    ``on_model`` is called with each model's row as soon as it is done. ``only_rank`` finetunes
+    that rank alone (``top`` is then ignored; one ParallelFor iteration of the Kubeflow pipeline):
+    other ranks' models are left alone and the report goes to ``reports/finetune-rank-<r>.json``.
+    Raises StoreError for an unknown experiment, ConfigError for bad settings or an experiment
+    with no finished trial, DataError if the dataset has no test split, ArtifactError if the
+    store fails.
     """
     from nasagent.config import SearchConfig
     from nasagent.search import trial_settings
 
+    if only_rank is not None:
+        if only_rank < 1:
+            raise ConfigError(f"--rank must be at least 1, got {only_rank}")
+        top = only_rank
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     experiment = db.get_experiment(name)
@@ -136,6 +144,8 @@ def finetune_experiment(
     trials = db.top(experiment.id, top)
     if not trials:
         raise ConfigError(f"experiment {name!r} has no finished trial to finetune yet")
+    if only_rank is not None and len(trials) < only_rank:
+        raise ConfigError(f"experiment {name!r} has {len(trials)} finished trial(s): no rank {only_rank} to finetune")
     config = SearchConfig.from_dict(experiment.config)
     settings = trial_settings(config, device)
     data = settings.load_data()
@@ -145,6 +155,8 @@ def finetune_experiment(
     total = sum(n for _, n in phases)
     rows = []
     for rank, trial in enumerate(trials, start=1):
+        if only_rank is not None and rank != only_rank:
+            continue
         train = dataclasses.replace(
             settings.train, epochs=total, lr=phases[0][0], lr_steps=phases, seed=trial_seed(config.seed, trial.digest)
         )
@@ -175,7 +187,7 @@ def finetune_experiment(
         if on_model is not None:
             on_model(row)
     # Ranks beyond this run's top belong to an earlier, larger run: they are no longer the top k.
-    for model in list_models(store, name):
+    for model in list_models(store, name) if only_rank is None else []:
         if model["rank"] > len(trials):
             store.delete_prefix(finetuned_prefix(name, model["rank"]))
     report = {
@@ -184,7 +196,8 @@ def finetune_experiment(
         "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
         "models": rows,
     }
-    store.put_bytes(experiment_key(name, "reports", "finetune.json"), json.dumps(report, indent=2).encode())
+    report_name = "finetune.json" if only_rank is None else f"finetune-rank-{only_rank}.json"
+    store.put_bytes(experiment_key(name, "reports", report_name), json.dumps(report, indent=2).encode())
     return report
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 from nasagent.agent import Agent, Progress
 from nasagent.build import BuildOptions
 from nasagent.config import SearchConfig, resume_config
+from nasagent.errors import ConfigError
+from nasagent.runners.base import Runner
 from nasagent.runners.local import LocalRunner, default_workers
 from nasagent.store.postgres import Store
 from nasagent.strategies.qlearning import QLearningConfig
 from nasagent.strategies.registry import make_strategy
 from nasagent.training.trainer import TrainConfig
 from nasagent.trial import TrialSettings
+
+if TYPE_CHECKING:
+    from nasagent.runners.cluster import LauncherSettings
 
 
 def trial_settings(config: SearchConfig, device: str = "auto") -> TrialSettings:
@@ -40,18 +46,46 @@ def open_experiment(store: Store, name: str, given: dict[str, Any]) -> tuple[Any
     return store.create_experiment(name, config.to_dict()), config
 
 
-def run_search(store: Store, name: str, given: dict[str, Any], workers: int | None = None, device: str = "auto") -> Progress:
-    """Run or resume experiment ``name`` with the local runner until its budget is trained."""
-    from nasagent.display import SearchDisplay
+def run_search(
+    store: Store, name: str, given: dict[str, Any], workers: int | None = None, device: str = "auto",
+    artifacts: str | None = None, keep_top: int = 10, launcher: str = "local", cluster: LauncherSettings | None = None,
+) -> Progress:
+    """Run or resume experiment ``name`` with the ``launcher``'s runner (``open_runner``) until its budget is trained.
 
+    With an artifact store (``artifacts`` or ``$NASAGENT_ARTIFACTS``) the weights of the current
+    top ``keep_top`` trials are kept there as checkpoints (``nasagent.checkpoints``)."""
+    from nasagent.checkpoints import search_keeper
+    from nasagent.display import SearchDisplay
+    from nasagent.leaderboard import search_leaderboard
+
+    keeper = search_keeper(artifacts, name, keep_top)  # before the experiment exists: a bad URL leaves nothing behind
+    leaderboard = search_leaderboard(artifacts, store, name)  # refreshed in the artifact store as trials finish
     experiment, config = open_experiment(store, name, given)
     settings = trial_settings(config, device)
+    if keeper is not None:
+        settings = dataclasses.replace(settings, artifacts=keeper.store.url, experiment=name)
     data = settings.load_data()  # validates the data here, so bad input fails before any worker starts
     strategy = make_strategy(config, data.input_shape, data.num_classes)
     schedule = config.epsilon_schedule() if config.strategy == "qlearning" else None
-    with LocalRunner(settings, workers or default_workers(), data.num_classes) as runner, SearchDisplay(schedule) as display:
-        agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, on_progress=display)
+    with open_runner(launcher, cluster, store, settings, workers, data.num_classes) as runner, SearchDisplay(schedule) as display:
+        agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, on_progress=leaderboard.after(display) if leaderboard else display, checkpoints=keeper)
         return agent.run()
+
+
+def open_runner(
+    launcher: str, cluster: LauncherSettings | None, store: Store, settings: TrialSettings, workers: int | None, num_classes: int
+) -> Runner:
+    """The runner of ``--launcher``: local worker processes, or one Kubernetes Job / KFP run per
+    trial (``cluster`` holds their settings; trial pods save checkpoints where the search does)."""
+    if launcher == "local":
+        return LocalRunner(settings, workers or default_workers(), num_classes)
+    if cluster is None:
+        raise ConfigError(f"--launcher {launcher} needs its cluster settings")
+    from nasagent.runners.cluster import open_cluster_runner
+
+    if settings.artifacts:
+        cluster = dataclasses.replace(cluster, artifacts=settings.artifacts)
+    return open_cluster_runner(launcher, store, cluster, num_classes)
 
 
 def experiment_status(store: Store, name: str) -> dict[str, Any]:

@@ -28,6 +28,9 @@ class TrialSettings:
     val_size: int | float | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     build: BuildOptions = field(default_factory=BuildOptions)
+    artifacts: str | None = None
+    """Artifact store URL: when set (with ``experiment``), each trial saves its weights as a checkpoint."""
+    experiment: str | None = None
 
     def load_data(self) -> DataBundle:
         return load_dataset(self.dataset, Path(self.data_dir), val_size=self.val_size, seed=self.data_seed)
@@ -71,7 +74,15 @@ def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker
     arch = parse_network(spec.arch)
     started = time.perf_counter()
     config = dataclasses.replace(settings.train, seed=spec.seed)
-    result = train_architecture(arch, data, config, settings.build)
+    keep = settings.artifacts is not None and settings.experiment is not None
+    result = train_architecture(arch, data, config, settings.build, keep_weights=keep)
+    info: dict[str, Any] = {"epochs_run": result.epochs_run, "restarts": result.restarts, "history": result.history}
+    if keep:
+        from nasagent.checkpoints import save_trial_checkpoint
+
+        error = save_trial_checkpoint(settings, spec, data, result)
+        if error:
+            info["checkpoint_error"] = error
     return TrialOutcome(
         trial_id=spec.trial_id,
         status=result.status,
@@ -80,5 +91,5 @@ def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker
         failure=result.failure,
         train_seconds=time.perf_counter() - started,
         worker=worker,
-        info={"epochs_run": result.epochs_run, "restarts": result.restarts, "history": result.history},
+        info=info,
     )

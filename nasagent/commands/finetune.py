@@ -18,6 +18,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("finetune", help="train the top-k architectures with the long schedule, test and export them")
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--top", type=int, default=10, help="how many of the best trials (default 10, as in the paper)")
+    parser.add_argument("--rank", type=int, help="finetune only the R-th best trial, leaving other ranks' models alone (replaces --top)")
     parser.add_argument("--schedule", help="paper-cifar | paper-svhn | LR:EPOCHS,... (default: the paper-cifar shape, scaled)")
     parser.add_argument("--epochs", type=int, help="total epochs: rescales the schedule (default: from the dataset size)")
     parser.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
@@ -43,7 +44,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     with connect(args.db) as db:
         report = finetune_experiment(db, args.experiment, store, top=args.top, schedule=args.schedule, epochs=args.epochs,
-                                     device=args.device, onnx=args.onnx, on_model=progress)
+                                     device=args.device, onnx=args.onnx, on_model=progress, only_rank=args.rank)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

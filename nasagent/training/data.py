@@ -20,6 +20,8 @@ Specs accepted by :func:`load_dataset`:
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn``: through torchvision (optional
   dependency, imported only here), stored under ``data_dir``, with the official train/test
   splits; ``download=False`` uses only files already there.
+* ``prepared:URL``: splits made once by ``nasagent prepare`` and stored in an artifact store
+  (``nasagent.prepared``); loaded as they are, cached under ``data_dir``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from nasagent.errors import ConfigError, DataError
 
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn")
-DATASETS = ("digits", "npz:PATH", *TORCHVISION_DATASETS)
+DATASETS = ("digits", "npz:PATH", *TORCHVISION_DATASETS, "prepared:URL")
 TEST_FRACTION = 0.2
 # The test split of datasets without an official one is fixed, whatever the search seed.
 TEST_SEED = 0
@@ -82,6 +84,10 @@ def load_dataset(
     data or an unknown spec, and ``ConfigError`` for a bad ``val_size``.
     """
     data_dir = Path(data_dir)
+    if spec.startswith("prepared:"):
+        from nasagent.prepared import load_prepared  # imports this module: only here
+
+        return load_prepared(spec[len("prepared:"):], data_dir, val_size=val_size)
     if spec == "digits":
         x, y = _digits()
         (train_x, train_y), test = _hold_out_test(x, y, "digits")
