@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nasagent.arch import FC, Architecture, Conv, Pool, Softmax
-from nasagent.spaces.metaqnn import MetaQNNSpace, SpaceConfig, load_space
+from nasagent.arch import FC, Architecture, Conv, Pool
+from nasagent.spaces.metaqnn import MetaQNNSpace, load_space
 from nasagent.strategies.qlearning import QLearningConfig, QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
 from nasagent.strategies.schedule import EpsilonSchedule

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nasagent.arch import Architecture
 from nasagent.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.strategies.base import Proposal, Strategy
