@@ -57,7 +57,7 @@ GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 # What `make pipeline-local` runs: digits, the embedded PostgreSQL, file artifacts, 2 cores.
 LOCAL_ARGUMENTS: dict[str, Any] = {
     "dataset": "digits", "space": "metaqnn-small", "trials": 20, "epochs": 6, "parallelism": 2, "launcher": "local",
-    "keep_top": 5, "finetune_top": 5, "finetune_epochs": 20, "ensemble_top": 5,
+    "keep_top": 5, "finetune_top": 5, "finetune_epochs": 15, "ensemble_top": 5,
 }
 
 
