@@ -280,6 +280,7 @@ def test_a_model_whose_finetuning_failed_leaves_its_reason_as_the_model_artifact
 # -- a component, run for real --------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")  # it runs in this Python on purpose
 def test_trial_component_runs_standalone_under_kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``trial`` component, executed by kfp.local's SubprocessRunner in this environment
     (standalone mode: no database), trains its architecture and reports metrics and the outcome."""
