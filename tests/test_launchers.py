@@ -625,3 +625,14 @@ def test_the_real_client_adapter_speaks_to_an_api_server() -> None:
         assert ("POST", "/apis/batch/v1/namespaces/nas/jobs") in server.requests
     finally:
         server.close()
+
+
+def test_trial_pods_opt_out_of_istio_and_autoscaler_eviction() -> None:
+    """A sidecar would keep a finished trial pod alive forever; scale-down must not kill a training pod."""
+    from nasagent.runners.cluster import launcher_settings
+    from nasagent.runners.kubernetes import trial_job
+
+    settings = launcher_settings("kubernetes", "exp", 2, {"image": "nasagent-trainer:1"})
+    annotations = trial_job(settings, 7, 1, "nasagent-exp-7-1")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["sidecar.istio.io/inject"] == "false"
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"

@@ -239,6 +239,12 @@ def agent_owner(api: KubernetesApi, namespace: str, environ: Mapping[str, str] =
     return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
 
 
+TRIAL_POD_ANNOTATIONS = {
+    "sidecar.istio.io/inject": "false",
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+}
+
+
 def trial_labels(experiment: str, trial_id: int | None = None) -> dict[str, str]:
     """The labels of an experiment's trial Jobs and pods (without ``trial_id``: the selector's)."""
     labels = {
@@ -299,6 +305,9 @@ def trial_job(settings: LauncherSettings, trial_id: int, attempt: int, name: str
     template = spec.setdefault("template", {})
     pod_metadata = template.setdefault("metadata", {})
     pod_metadata["labels"] = {**(pod_metadata.get("labels") or {}), **labels}
+    # An Istio sidecar would keep a finished trial pod running (its Job never completes), and the
+    # autoscaler must not evict a pod mid-training; a template may still override either.
+    pod_metadata["annotations"] = {**TRIAL_POD_ANNOTATIONS, **(pod_metadata.get("annotations") or {})}
     pod = template.setdefault("spec", {})
     pod["restartPolicy"] = "Never"
     pod.setdefault("automountServiceAccountToken", False)
