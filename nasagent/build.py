@@ -109,6 +109,23 @@ def _dropout_after(hidden: Sequence[Layer], options: BuildOptions) -> dict[int, 
     return {2 * i - 1: i / (2 * n) for i in range(1, n + 1)}
 
 
+def normalisation(
+    input_shape: Sequence[int], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
+    """Checked per-channel statistics for a model's ``Normalize`` (identity when not given);
+    ConfigError for a malformed input shape or statistics that do not fit it."""
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ConfigError(f"input shape must be (channels, height, width), got {tuple(input_shape)}")
+    channels = int(input_shape[0])
+    mean = [0.0] * channels if mean is None else list(mean)
+    std = [1.0] * channels if std is None else list(std)
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+    if min(std) <= 0:
+        raise ConfigError(f"std must be positive for every channel, got {std}")
+    return mean, std
+
+
 def build_model(
     arch: Architecture,
     input_shape: tuple[int, int, int],
@@ -127,15 +144,8 @@ def build_model(
 
     if isinstance(arch, NSCNetwork):
         return build_nsc_model(arch, input_shape, mean, std)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input shape must be (channels, height, width), got {tuple(input_shape)}")
+    mean, std = normalisation(input_shape, mean, std)
     channels, h, w = (int(v) for v in input_shape)
-    mean = [0.0] * channels if mean is None else list(mean)
-    std = [1.0] * channels if std is None else list(std)
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
-    if min(std) <= 0:
-        raise ConfigError(f"std must be positive for every channel, got {std}")
 
     modules: list[nn.Module] = [Normalize(mean, std)]
     dropout = _dropout_after(arch.hidden, options)

@@ -311,15 +311,9 @@ def build_nsc_model(
     The class count comes from the network (``net.classes``). Raises ``ConfigError`` when the
     network is invalid for this input or the statistics do not match the channels.
     """
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input shape must be (channels, height, width), got {tuple(input_shape)}")
-    channels = int(input_shape[0])
-    mean = [0.0] * channels if mean is None else list(mean)
-    std = [1.0] * channels if std is None else list(std)
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
-    if min(std) <= 0:
-        raise ConfigError(f"std must be positive for every channel, got {std}")
+    from nasagent.build import normalisation  # build.py imports this module to dispatch
+
+    mean, std = normalisation(input_shape, mean, std)
     return NSCModel(net, tuple(int(v) for v in input_shape), mean, std)  # type: ignore[arg-type]
 
 
