@@ -100,7 +100,10 @@ class LocalRunner(Runner):
         outcomes: list[TrialOutcome] = []
         while True:
             try:
-                outcome = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                # Once one result is in hand, only drain what is already there: an idle worker
+                # should get its next trial at once.
+                block = 0.0 if outcomes else max(0.0, min(0.2, deadline - time.monotonic()))
+                outcome = self._results.get(timeout=block) if block > 0 else self._results.get_nowait()
                 outcomes.append(self._release(outcome))
                 continue
             except queue.Empty:
