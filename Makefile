@@ -18,7 +18,6 @@ install: $(STAMP)
 run: $(STAMP)
 	NASAGENT_HOME=$${NASAGENT_HOME:-$$PWD/.nasagent} $(BIN)/nasagent search --experiment demo-digits \
 		--dataset digits --space metaqnn-small --trials 40 --epochs 10 --workers 2 --seed 0
-	NASAGENT_HOME=$${NASAGENT_HOME:-$$PWD/.nasagent} $(BIN)/nasagent top --experiment demo-digits -k 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
