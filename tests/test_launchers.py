@@ -217,7 +217,10 @@ def test_jobs_are_built_on_the_admins_template(tmp_path: Path) -> None:
     [container] = pod["containers"]
     # The admin's settings stay ...
     assert job["spec"]["ttlSecondsAfterFinished"] == 7200 and job["metadata"]["labels"]["team"] == "vision"
-    assert job["spec"]["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert job["spec"]["template"]["metadata"]["annotations"] == {
+        "sidecar.istio.io/inject": "false",  # the template's
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",  # the launcher's default, kept where the template is silent
+    }
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["volumes"] == [{"name": "home", "emptyDir": {}}]
     assert container["securityContext"] == {"readOnlyRootFilesystem": True} and container["volumeMounts"][0]["name"] == "home"
     assert {"name": "NASAGENT_HOME", "value": "/var/lib/nasagent"} in container["env"]
