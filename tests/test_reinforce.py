@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -129,6 +132,17 @@ def test_every_choice_is_valid_on_8x8_digits() -> None:
     for arch in ("[C(8,5,2), C(8,5,2), C(8,5,2), SM(10)]", "[C(64,5,1), C(64,5,1), C(64,5,1), SM(10)]"):
         model = build_model(space.decode(space.encode(Architecture.parse(arch))), (1, 8, 8))
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_cli_rejects_an_unknown_option_with_one_line(db_url: str) -> None:
+    args = ["search", "--experiment", "bad", "--strategy", "reinforce", "--option", "dpeth=3", "--trials", "2", "--epochs", "1"]
+    result = subprocess.run([sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True,
+                            env={**os.environ, "NASAGENT_DB": db_url}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "nasagent: error: --option dpeth is not a setting of --strategy reinforce "
+        "(settings: baseline, batch, beta, clip, depth, entropy, filters, hidden, kernels, lr, strides, tanh)"
+    ]
 
 
 def test_from_config_reads_the_experiments_options() -> None:
