@@ -29,7 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--experiment", required=True, help="experiment name; an existing one is resumed")
     search.add_argument("--dataset", help="digits | npz:PATH | mnist | fashion_mnist | cifar10 | svhn (default digits)")
     search.add_argument("--space", help="preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small) or FILE.yaml")
-    search.add_argument("--strategy", help="qlearning (default) | random")
+    search.add_argument("--strategy", help="qlearning (default) | random | reinforce | dqn | meta-a2c | random-nsc")
     search.add_argument("--policy", help="a trained policy file for strategies that load one (meta-a2c)")
     search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a setting of the strategy (repeatable)")
     search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")

@@ -11,7 +11,7 @@ from nasagent.config import SearchConfig, resume_config
 from nasagent.errors import ConfigError
 from nasagent.runners.base import Runner
 from nasagent.runners.local import LocalRunner, default_workers
-from nasagent.store.postgres import Store
+from nasagent.store.postgres import Experiment, Store
 from nasagent.strategies.qlearning import QLearningConfig
 from nasagent.strategies.registry import make_strategy
 from nasagent.training.trainer import TrainConfig
@@ -34,16 +34,22 @@ def trial_settings(config: SearchConfig, device: str = "auto") -> TrialSettings:
     )
 
 
-def open_experiment(store: Store, name: str, given: dict[str, Any]) -> tuple[Any, SearchConfig]:
-    """Create the experiment, or load it and check the flags given again agree with it."""
+def experiment_config(store: Store, name: str, given: dict[str, Any]) -> tuple[Experiment | None, SearchConfig]:
+    """Experiment ``name`` and its config if it exists (the flags given again must agree with it),
+    else None and a new config from the flags."""
     existing = store.find_experiment(name)
     if existing is not None:
         return existing, resume_config(existing.config, given, name)
     values = {k: v for k, v in given.items() if v is not None}
     if "qlearning" in values:
         values["qlearning"] = QLearningConfig(**values["qlearning"])
-    config = SearchConfig(**values)
-    return store.create_experiment(name, config.to_dict()), config
+    return None, SearchConfig(**values)
+
+
+def open_experiment(store: Store, name: str, given: dict[str, Any]) -> tuple[Experiment, SearchConfig]:
+    """Create the experiment, or load it and check the flags given again agree with it."""
+    existing, config = experiment_config(store, name, given)
+    return existing or store.create_experiment(name, config.to_dict()), config
 
 
 def run_search(
@@ -60,12 +66,14 @@ def run_search(
 
     keeper = search_keeper(artifacts, name, keep_top)  # before the experiment exists: a bad URL leaves nothing behind
     leaderboard = search_leaderboard(artifacts, store, name)  # refreshed in the artifact store as trials finish
-    experiment, config = open_experiment(store, name, given)
+    existing, config = experiment_config(store, name, given)
     settings = trial_settings(config, device)
     if keeper is not None:
         settings = dataclasses.replace(settings, artifacts=keeper.store.url, experiment=name)
-    data = settings.load_data()  # validates the data here, so bad input fails before any worker starts
+    # Data and strategy options are checked before the experiment is created: bad input leaves nothing behind.
+    data = settings.load_data()
     strategy = make_strategy(config, data.input_shape, data.num_classes)
+    experiment = existing or store.create_experiment(name, config.to_dict())
     schedule = config.epsilon_schedule() if config.strategy == "qlearning" else None
     with open_runner(launcher, cluster, store, settings, workers, data.num_classes) as runner, SearchDisplay(schedule) as display:
         agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, on_progress=leaderboard.after(display) if leaderboard else display, checkpoints=keeper)

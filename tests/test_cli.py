@@ -126,3 +126,12 @@ def test_bad_data_file_is_one_line_and_exit_2(db_url: str, tmp_path: Path) -> No
 def test_unreachable_or_malformed_database_is_one_line_and_exit_2(db_url: str) -> None:
     assert_one_line_error(nasagent("status", "--experiment", "x", "--db", "postgresql://nobody@127.0.0.1:1/db", db=db_url), "cannot reach")
     assert_one_line_error(nasagent("status", "--experiment", "x", "--db", "mysql://h/db", db=db_url), "postgresql://")
+
+
+def test_rejected_input_leaves_no_experiment_behind(db_url: str, tmp_path: Path) -> None:
+    bad = nasagent("search", "--experiment", "oops", "--strategy", "reinforce", "--option", "depht=3", "--trials", "2", db=db_url)
+    assert_one_line_error(bad, "depht")
+    missing = nasagent("search", "--experiment", "oops", "--dataset", f"npz:{tmp_path / 'none.npz'}", db=db_url)
+    assert_one_line_error(missing, "none.npz")
+    with Store.connect(db_url) as store:
+        assert store.find_experiment("oops") is None
