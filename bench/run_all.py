@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_trainer.py", "bench_agent.py", "bench_workers.py")
+BENCHMARKS = ("bench_trainer.py", "bench_agent.py", "bench_workers.py", "bench_pipeline_local.py")
 
 
 def main() -> int:
