@@ -15,6 +15,7 @@ from nasagent.strategies.qlearning import QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
 from nasagent.strategies.schedule import EpsilonSchedule
 from nasagent.trial import TrialOutcome
+from agent_helpers import CrashAfter
 
 
 def reward(arch: Architecture) -> float:
@@ -96,25 +97,13 @@ def test_same_seed_same_rewards_same_search(store: Store) -> None:
     assert trials_a == trials_b
 
 
-class CrashAfter(FunctionRunner):
-    """Raises, as a killed agent would stop, after ``n`` outcomes (the outcome is never recorded)."""
-
-    def __init__(self, n: int, capacity: int = 1) -> None:
-        super().__init__(reward, capacity)
-        self.n = n
-
-    def wait(self, timeout: float) -> list[TrialOutcome]:
-        if self.n == 0:
-            raise KeyboardInterrupt
-        self.n -= 1
-        return super().wait(timeout)
 
 
 @pytest.mark.parametrize("crash_after", [0, 1, 7, 15])
 def test_resume_after_a_crash_continues_exactly_where_it_stopped(store: Store, crash_after: int) -> None:
     reference, _ = make_agent(store, "ref", qlearner(seed=3), budget=24)
     reference.run()
-    crashed, _ = make_agent(store, "crash", qlearner(seed=3), budget=24, runner=CrashAfter(crash_after))
+    crashed, _ = make_agent(store, "crash", qlearner(seed=3), budget=24, runner=CrashAfter(reward, crash_after))
     with pytest.raises(KeyboardInterrupt):
         crashed.run()
     exp = store.get_experiment("crash")

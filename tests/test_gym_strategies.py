@@ -27,7 +27,7 @@ from nasagent.store.postgres import Store
 from nasagent.strategies.dqn import DQNConfig, DQNStrategy
 from nasagent.strategies.meta_a2c import MetaA2CStrategy, load_policy, save_policy_from_state
 from nasagent.strategies.meta_a2c import from_config as meta_a2c_from_config
-from nasagent.trial import TrialOutcome
+from agent_helpers import CrashAfter
 
 SPACE = NSCSpace((1, 8, 8), 10, depth=6, tau=6)
 SMALL = NSCSpace((1, 8, 8), 10, depth=4, tau=6, multi_branch=True)
@@ -127,18 +127,6 @@ def test_state_dict_round_trip_continues_exactly(name: str, space: NSCSpace) -> 
 # -- through the agent and PostgreSQL --------------------------------------------------------------
 
 
-class CrashAfter(FunctionRunner):
-    """Raises, as a killed agent would stop, after ``n`` outcomes (that outcome is never recorded)."""
-
-    def __init__(self, n: int, capacity: int = 1) -> None:
-        super().__init__(toy, capacity)
-        self.n = n
-
-    def wait(self, timeout: float) -> list[TrialOutcome]:
-        if self.n == 0:
-            raise KeyboardInterrupt
-        self.n -= 1
-        return super().wait(timeout)
 
 
 def agent(store: Store, name: str, strategy: EnvStrategy, budget: int, runner: FunctionRunner | None = None) -> tuple[Agent, FunctionRunner]:
@@ -151,7 +139,7 @@ def agent(store: Store, name: str, strategy: EnvStrategy, budget: int, runner: F
 def test_resume_after_a_crash_continues_exactly_where_it_stopped(store: Store, name: str) -> None:
     reference, _ = agent(store, "ref", make(name, 3, SMALL, t_max=100), budget=10)
     reference.run()
-    crashed, _ = agent(store, "crash", make(name, 3, SMALL, t_max=100), budget=10, runner=CrashAfter(4))
+    crashed, _ = agent(store, "crash", make(name, 3, SMALL, t_max=100), budget=10, runner=CrashAfter(toy, 4))
     with pytest.raises(KeyboardInterrupt):
         crashed.run()
     exp = store.get_experiment("crash")

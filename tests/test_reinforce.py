@@ -29,7 +29,7 @@ from nasagent.store.postgres import Store
 from nasagent.strategies.base import Proposal, Strategy
 from nasagent.strategies.registry import make_strategy
 from nasagent.strategies.reinforce import ChainSpace, ReinforceConfig, ReinforceStrategy
-from nasagent.trial import TrialOutcome
+from agent_helpers import CrashAfter
 
 # The best network of the toy problem; the reward counts how many of its 9 decisions match.
 TARGET = [(32, 3, 1), (64, 5, 2), (16, 1, 1)]
@@ -237,25 +237,13 @@ def test_json_round_trip_then_both_continue_identically(batch: int) -> None:
     assert copy.state_dict()["summary"] == original.state_dict()["summary"]
 
 
-class CrashAfter(FunctionRunner):
-    """Raises, as a killed agent stops, after ``n`` outcomes (the outcome is never recorded)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__(toy_reward)
-        self.n = n
-
-    def wait(self, timeout: float) -> list[TrialOutcome]:
-        if self.n == 0:
-            raise KeyboardInterrupt
-        self.n -= 1
-        return super().wait(timeout)
 
 
 @pytest.mark.parametrize("crash_after", [0, 6, 17])
 def test_resume_after_a_crash_continues_exactly_where_it_stopped(store: Store, crash_after: int) -> None:
     reference = run_agent(store, "ref", reinforce(seed=3), budget=24)
     with pytest.raises(KeyboardInterrupt):
-        run_agent(store, "crash", reinforce(seed=3), budget=24, runner=CrashAfter(crash_after))
+        run_agent(store, "crash", reinforce(seed=3), budget=24, runner=CrashAfter(toy_reward, crash_after))
     experiment = store.get_experiment("crash")
     assert store.counts(experiment.id)["running"] == 1  # the trial in flight at the crash
     resumed = reinforce(seed=999)  # controller, optimizer, baseline and RNG come from the store
