@@ -38,6 +38,15 @@ S3_ENV = {"endpoint": "NASAGENT_S3_ENDPOINT", "access_key": "NASAGENT_S3_ACCESS_
 ATTEMPT_ENV = "NASAGENT_ATTEMPT"
 
 
+class ApiError(Exception):
+    """A cluster API (Kubernetes or KFP) refused a request (``status`` = HTTP code) or could not be
+    reached (None). The launchers' client interfaces raise subclasses of it."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ClusterError(NasagentError):
     """The cluster refused or cannot be reached in a way no retry fixes (bad credentials, no RBAC
     permission, a missing namespace, an unreachable KFP server): one line, exit code 2."""

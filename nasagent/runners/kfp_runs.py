@@ -40,6 +40,7 @@ from nasagent.runners.cluster import (
     DB_SECRET,
     S3_ENV,
     S3_SECRET,
+    ApiError,
     Attempt,
     AttemptError,
     ClusterError,
@@ -119,12 +120,8 @@ def compile_trial_pipeline(settings: LauncherSettings, path: Path) -> Path:
     return path
 
 
-class PipelineApiError(Exception):
+class PipelineApiError(ApiError):
     """The KFP API refused a request (``status`` = HTTP code) or could not be reached (None)."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class PipelineClient(Protocol):

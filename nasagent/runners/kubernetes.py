@@ -50,6 +50,7 @@ from nasagent.runners.cluster import (
     DB_SECRET,
     S3_ENV,
     S3_SECRET,
+    ApiError,
     Attempt,
     AttemptError,
     ClusterError,
@@ -70,12 +71,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 _PERMANENT = (400, 401, 403, 404, 422)
 
 
-class KubeApiError(Exception):
+class KubeApiError(ApiError):
     """The API server refused a request (``status`` = HTTP code) or could not be reached (None)."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class WatchExpired(KubeApiError):
