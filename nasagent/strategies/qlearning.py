@@ -137,6 +137,9 @@ class QLearningStrategy(Strategy):
         for (state_key, action_key), value in values.items():
             self.q.setdefault(state_key, {})[action_key] = value
         self.replay = [(str(arch), float(reward)) for arch, reward in replay]
+        # Replay revisits these trajectories on every step: walk them once now, not in the first steps.
+        for arch_text in dict.fromkeys(a for a, _ in self.replay):
+            self.trajectory(arch_text)
         self._dirty.clear()
 
     def pop_value_changes(self) -> dict[tuple[str, str], float]:
