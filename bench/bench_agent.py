@@ -49,7 +49,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,6 +62,7 @@ from nasagent.arch import FC, Architecture, Conv, Pool  # noqa: E402
 from nasagent.runners.function import FunctionRunner  # noqa: E402
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space  # noqa: E402
 from nasagent.store import Store, StoreTransaction, embedded_url, stop_embedded  # noqa: E402
+from nasagent.store.databases import create_database, drop_database  # noqa: E402
 from nasagent.strategies.qlearning import QLearningStrategy  # noqa: E402
 from nasagent.strategies.schedule import EpsilonSchedule  # noqa: E402
 from nasagent.trial import TrialOutcome  # noqa: E402
@@ -231,21 +231,6 @@ StoreTransaction.upsert_q = _timed_upsert_q  # type: ignore[method-assign]
 # -- database --------------------------------------------------------------------------------
 
 
-def with_dbname(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
-def admin(url: str, statement: psycopg2.sql.Composable) -> None:
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 @contextmanager
 def embedded_server() -> Iterator[str]:
     """An embedded PostgreSQL under a fresh /tmp directory (URL of its ``postgres`` database)."""
@@ -260,11 +245,11 @@ def embedded_server() -> Iterator[str]:
 @contextmanager
 def new_database(server: str) -> Iterator[str]:
     name = f"nasbench_{uuid.uuid4().hex[:12]}"
-    admin(server, psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
+    url = create_database(server, name)
     try:
-        yield with_dbname(server, name)
+        yield url
     finally:
-        admin(server, psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name)))
+        drop_database(server, name)
 
 
 def delete_experiment(url: str, name: str) -> None:

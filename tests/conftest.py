@@ -14,13 +14,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
-import psycopg2.sql
 import pytest
 
 from nasagent.store import Store, embedded_url, stop_embedded
+from nasagent.store.databases import create_database, drop_database
 
 
 @dataclass(frozen=True)
@@ -29,23 +27,6 @@ class EmbeddedPostgres:
 
     home: Path
     url: str
-
-
-def url_with_dbname(url: str, dbname: str) -> str:
-    """``url`` pointing at database ``dbname`` on the same server (same socket host, user)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + dbname, parts.query, parts.fragment))
-
-
-def _admin(url: str, statement: psycopg2.sql.Composable) -> None:
-    # CREATE/DROP DATABASE cannot run inside a transaction block.
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +49,11 @@ def embedded_pg() -> Iterator[EmbeddedPostgres]:
 def db_url(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
     """A new, empty database for this test only; dropped (connections and all) afterwards."""
     name = f"nastest_{uuid.uuid4().hex[:16]}"
-    _admin(embedded_pg.url, psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
+    url = create_database(embedded_pg.url, name)
     try:
-        yield url_with_dbname(embedded_pg.url, name)
+        yield url
     finally:
-        # FORCE: a test may leave connections open (a crashed child process, an unclosed Store).
-        _admin(
-            embedded_pg.url,
-            psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name)),
-        )
+        drop_database(embedded_pg.url, name)
 
 
 @pytest.fixture

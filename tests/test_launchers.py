@@ -14,16 +14,15 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import kubernetes_validate
-import psycopg2
 import pytest
 import yaml
 
 from nasagent.arch import Architecture
 from nasagent.cli import main
 from nasagent.config import SearchConfig
+from nasagent.store.databases import create_database, drop_database
 from nasagent.errors import ConfigError
 from nasagent.runners.cluster import ClusterError, LauncherSettings, label_value, launcher_settings, parse_toleration
 from nasagent.runners.kfp_runs import KfpRunner, compile_trial_pipeline, trial_pipeline
@@ -84,22 +83,11 @@ def shared_db_url(embedded_pg: Any) -> Iterator[str]:
     """One database for the tests of this module that can share it (each uses its own experiment):
     creating a database per test would cost more than most of these tests."""
     name = f"nastest_launchers_{uuid.uuid4().hex[:12]}"
-    _admin(embedded_pg.url, f'CREATE DATABASE "{name}"')
+    url = create_database(embedded_pg.url, name)
     try:
-        parts = urlsplit(embedded_pg.url)
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+        yield url
     finally:
-        _admin(embedded_pg.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin(url: str, statement: str) -> None:
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+        drop_database(embedded_pg.url, name)
 
 
 @pytest.fixture(scope="module")
