@@ -45,27 +45,27 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psycopg2  # noqa: E402
 import psycopg2.sql  # noqa: E402
-
 from _report import machine, write_section  # noqa: E402
-from nasagent.agent import Agent  # noqa: E402
-from nasagent.arch import FC, Architecture, Conv, Pool  # noqa: E402
-from nasagent.runners.function import FunctionRunner  # noqa: E402
+
+from nasagent.core.arch import FC, Architecture, Conv, Pool  # noqa: E402
+from nasagent.core.trial import TrialOutcome  # noqa: E402
+from nasagent.execution.function import FunctionRunner  # noqa: E402
+from nasagent.persistence import Store, StoreTransaction, embedded_url, stop_embedded  # noqa: E402
+from nasagent.persistence.databases import create_database, drop_database  # noqa: E402
+from nasagent.search.loop import Agent  # noqa: E402
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space  # noqa: E402
-from nasagent.store import Store, StoreTransaction, embedded_url, stop_embedded  # noqa: E402
-from nasagent.store.databases import create_database, drop_database  # noqa: E402
 from nasagent.strategies.qlearning import QLearningStrategy  # noqa: E402
 from nasagent.strategies.schedule import EpsilonSchedule  # noqa: E402
-from nasagent.trial import TrialOutcome  # noqa: E402
 
 HISTORY = 2_700  # unique architectures of the paper's schedule (Table 2)
 TARGET_MS = 20.0
@@ -319,7 +319,9 @@ def one_run(url: str, n: int, profiler: cProfile.Profile | None = None) -> tuple
         experiment = store.create_experiment(name, {"bench": "agent", "space": "metaqnn", "schedule": "paper"})
         backend = store._fetch("SELECT pg_backend_pid()")[0][0]
         # Gap after outcome i (1-based) spans record(i) and launch(i+1); time i = HISTORY+1 .. HISTORY+n.
-        runner = TimedRunner(first=HISTORY + 1, last=HISTORY + n + 1, own_pids=[os.getpid(), backend], profiler=profiler)
+        runner = TimedRunner(
+            first=HISTORY + 1, last=HISTORY + n + 1, own_pids=[os.getpid(), backend], profiler=profiler
+        )
         strategy = new_strategy()
         counters = Counters()
         counters.instrument(strategy, store)
@@ -378,11 +380,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300, help="trials timed beyond the 2,700 of history, per repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="one more run with cProfile over the timed trials, even if the target is met")
-    parser.add_argument("--max-other", type=float, default=0.25,
-                        help="a repeat during whose timed window other processes used more cores than this is rerun")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one more run with cProfile over the timed trials, even if the target is met",
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help="a repeat during whose timed window other processes used more cores than this is rerun",
+    )
     parser.add_argument("--retries", type=int, default=4, help="disturbed repeats to rerun at most")
-    parser.add_argument("--patience", type=float, default=180.0, help="seconds to wait for a quiet machine before a repeat, at most")
+    parser.add_argument(
+        "--patience", type=float, default=180.0, help="seconds to wait for a quiet machine before a repeat, at most"
+    )
     args = parser.parse_args()
     n = args.trials
     load_before = os.getloadavg()
@@ -497,15 +509,15 @@ a further tell + transaction). Reward computation is excluded. {len(repeats)} re
 
 | | value |
 |---|---|
-| **per trial, median of the repeats' medians** | **{headline:.2f} ms** (target ≤ {TARGET_MS:.0f} ms: {'met' if met else '**missed**'}); repeats: {', '.join(f'{m:.2f}' for m in medians)} |
-| per trial, all repeats pooled: median / p90 / p99 / max | {pooled['median']:.2f} / {pooled['p90']:.2f} / {pooled['p99']:.2f} / {pooled['max']:.2f} ms |
-| per trial, mean: ask / tell / transactions (commit incl.) / rest | {ask_ms:.2f} / {tell_ms:.2f} / {tx_ms:.2f} / {rest_ms:.2f} ms (of {pooled['mean']:.2f}) |
+| **per trial, median of the repeats' medians** | **{headline:.2f} ms** (target ≤ {TARGET_MS:.0f} ms: {"met" if met else "**missed**"}); repeats: {", ".join(f"{m:.2f}" for m in medians)} |
+| per trial, all repeats pooled: median / p90 / p99 / max | {pooled["median"]:.2f} / {pooled["p90"]:.2f} / {pooled["p99"]:.2f} / {pooled["max"]:.2f} ms |
+| per trial, mean: ask / tell / transactions (commit incl.) / rest | {ask_ms:.2f} / {tell_ms:.2f} / {tx_ms:.2f} / {rest_ms:.2f} ms (of {pooled["mean"]:.2f}) |
 | replay-dictionary hits per timed trial | {hits / timed:.2f} |
-| one transaction incl. commit: median / p90 / p99 | {per_tx['median']:.2f} / {per_tx['p90']:.2f} / {per_tx['p99']:.2f} ms |
+| one transaction incl. commit: median / p90 / p99 | {per_tx["median"]:.2f} / {per_tx["p90"]:.2f} / {per_tx["p99"]:.2f} ms |
 | Q-values written per rewarded sample (`upsert_q`): median count / time | {upsert_rows:.0f} / {upsert_ms:.2f} ms (of {ref.q_rows:,} Q-values in the table) |
 | history: 2,700 unique trials through the agent (median of repeats) | {build:.1f} s ({1000 * build / HISTORY:.1f} ms per unique trial; {ref.replay_rows:,} rewarded samples incl. dictionary hits by the end) |
 | a fresh agent resuming the {HISTORY + n + 1:,}-trial experiment: resume (load replay memory, Q-table, trials) + first launch | {resume_s * 1000:.0f} ms |
-| its next {RESUME_TRIALS} trials: median (first {RESUME_TRIALS // 2} / last {RESUME_TRIALS // 2}) | {after_resume['median']:.2f} ms ({first['median']:.2f} / {second['median']:.2f}); other processes {resume_other:.2f} cores |
+| its next {RESUME_TRIALS} trials: median (first {RESUME_TRIALS // 2} / last {RESUME_TRIALS // 2}) | {after_resume["median"]:.2f} ms ({first["median"]:.2f} / {second["median"]:.2f}); other processes {resume_other:.2f} cores |
 
 Where the time goes: the record transaction dominates, and within it `upsert_q`, which rewrites every Q-value the
 100 replay updates touched (~{upsert_rows:.0f} rows per rewarded sample); then `tell` itself (pure Python). The

@@ -28,8 +28,8 @@ TARGET_S = 600.0
 
 
 def main() -> int:
-    from nasagent.artifacts import open_artifacts
-    from nasagent.store.embedded import stop_embedded
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.embedded import stop_embedded
     from pipelines.search_pipeline import LOCAL_ARGUMENTS, run_local
 
     home = Path(tempfile.mkdtemp(prefix="nasb", dir="/tmp"))  # short: the database's socket lives in it
@@ -42,8 +42,10 @@ def main() -> int:
         outputs = run_local({**LOCAL_ARGUMENTS, "bucket": bucket}, home / "runs")
         total = time.time() - started
         load_after = os.getloadavg()
-        ends = {path.parent.relative_to(next((home / "runs").iterdir())).as_posix(): path.stat().st_mtime
-                for path in (home / "runs").glob("*/**/executor_output.json")}
+        ends = {
+            path.parent.relative_to(next((home / "runs").iterdir())).as_posix(): path.stat().st_mtime
+            for path in (home / "runs").glob("*/**/executor_output.json")
+        }
         name = outputs["experiment"]
         ensemble = json.loads(open_artifacts(bucket).get_bytes(f"{name}/reports/ensemble.json"))
     finally:
@@ -53,8 +55,14 @@ def main() -> int:
     finetune_end = max(t for step, t in ends.items() if step.endswith("/finetune"))
     phases = [
         ("prepare: split digits into the artifact store", prepare_end - started),
-        (f"search agent: {LOCAL_ARGUMENTS['trials']} models × {LOCAL_ARGUMENTS['epochs']} epochs, 2 workers", search_end - prepare_end),
-        (f"finetune: top {LOCAL_ARGUMENTS['finetune_top']} × {LOCAL_ARGUMENTS['finetune_epochs']} epochs, 2 at a time", finetune_end - search_end),
+        (
+            f"search agent: {LOCAL_ARGUMENTS['trials']} models × {LOCAL_ARGUMENTS['epochs']} epochs, 2 workers",
+            search_end - prepare_end,
+        ),
+        (
+            f"finetune: top {LOCAL_ARGUMENTS['finetune_top']} × {LOCAL_ARGUMENTS['finetune_epochs']} epochs, 2 at a time",
+            finetune_end - search_end,
+        ),
         (f"ensemble of the top {LOCAL_ARGUMENTS['ensemble_top']}", ends["ensemble"] - finetune_end),
     ]
     rows = "\n".join(f"| {what} | {seconds:.0f} |" for what, seconds in phases)
@@ -72,8 +80,8 @@ after: the cores are shared with other work, so times vary with it.
 | **total** | **{total:.0f}** |
 
 Total {total / 60:.1f} min: {verdict} the 10-minute target. Results of that run: best search accuracy
-{outputs['search_metrics'].metadata['best_accuracy']:.4f}; ensemble test accuracy {ensemble['ensemble_test_accuracy']:.4f}
-(best single finetuned model {ensemble['best_single_test_accuracy']:.4f}).
+{outputs["search_metrics"].metadata["best_accuracy"]:.4f}; ensemble test accuracy {ensemble["ensemble_test_accuracy"]:.4f}
+(best single finetuned model {ensemble["best_single_test_accuracy"]:.4f}).
 """
     write_section("pipeline-local", body)
     print(body)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _report import machine, write_section  # noqa: E402
 
-from nasagent.arch import Architecture  # noqa: E402
-from nasagent.build import build_model  # noqa: E402
+from nasagent.core.arch import Architecture  # noqa: E402
+from nasagent.training.build import build_model  # noqa: E402
 from nasagent.training.data import DataBundle, Split  # noqa: E402
 from nasagent.training.trainer import TrainConfig, resolve_device, train_architecture  # noqa: E402
 
@@ -74,7 +74,9 @@ def minimal_loop(data: DataBundle, cfg: TrainConfig, evaluate: bool) -> float:
         if evaluate:
             model.eval()
             with torch.no_grad():
-                correct = sum(int((model(vx[i : i + 1024]).argmax(1) == vy[i : i + 1024]).sum()) for i in range(0, len(vy), 1024))
+                correct = sum(
+                    int((model(vx[i : i + 1024]).argmax(1) == vy[i : i + 1024]).sum()) for i in range(0, len(vy), 1024)
+                )
             _ = correct / len(vy)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -86,7 +88,9 @@ def trainer_run(data: DataBundle, cfg: TrainConfig) -> float:
     result = train_architecture(ARCH, data, cfg)
     seconds = time.perf_counter() - start
     if result.status != "done" or result.restarts:
-        raise SystemExit(f"benchmark net did not train cleanly: {result.status} {result.failure} restarts={result.restarts}")
+        raise SystemExit(
+            f"benchmark net did not train cleanly: {result.status} {result.failure} restarts={result.restarts}"
+        )
     return seconds
 
 
@@ -138,12 +142,12 @@ samples/s = training samples / wall seconds of the whole call (model building in
 
 | loop | samples/s (median run) | trainer / loop (median of paired ratios) |
 | --- | ---: | ---: |
-| `train_architecture` | {rate['trainer']:.0f} | — |
-| minimal loop + one validation pass per epoch (same work) | {rate['minimal + eval']:.0f} | {paired['minimal + eval']:.3f} |
-| minimal loop, training only | {rate['minimal, train only']:.0f} | {paired['minimal, train only']:.3f} |
+| `train_architecture` | {rate["trainer"]:.0f} | — |
+| minimal loop + one validation pass per epoch (same work) | {rate["minimal + eval"]:.0f} | {paired["minimal + eval"]:.3f} |
+| minimal loop, training only | {rate["minimal, train only"]:.0f} | {paired["minimal, train only"]:.3f} |
 
 Paired ratio: in each repeat, the loop's seconds over the trainer's; their median is reported.
-Target: ratio ≥ {TARGET} against the minimal loop doing the same work: {"met" if paired['minimal + eval'] >= TARGET else "NOT met"}.
+Target: ratio ≥ {TARGET} against the minimal loop doing the same work: {"met" if paired["minimal + eval"] >= TARGET else "NOT met"}.
 The training-only loop skips the per-epoch validation the trainer needs for its reward
 ({args.val} of {args.train + args.val} samples, forward only), so that ratio is bounded by that share.
 """

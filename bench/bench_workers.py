@@ -33,14 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import machine, write_section  # noqa: E402
-from nasagent.arch import FC, GAP, Architecture, Conv  # noqa: E402
-from nasagent.build import output_size  # noqa: E402
+
 from nasagent.config import SearchConfig  # noqa: E402
-from nasagent.runners.local import LocalRunner  # noqa: E402
-from nasagent.search import trial_settings  # noqa: E402
+from nasagent.core.arch import (  # noqa: E402
+    FC,
+    GAP,
+    Architecture,
+    Conv,
+    output_size,  # noqa: E402
+)
+from nasagent.core.trial import TrialOutcome, TrialSpec, trial_seed
+from nasagent.execution.local import LocalRunner  # noqa: E402
+from nasagent.execution.worker import TrialSettings  # noqa: E402
 from nasagent.spaces.metaqnn import MetaQNNSpace  # noqa: E402
 from nasagent.strategies.random_search import RandomStrategy  # noqa: E402
-from nasagent.trial import TrialOutcome, TrialSettings, TrialSpec, trial_seed  # noqa: E402
 
 TARGET_SPEEDUP = 1.8
 SEED = 0
@@ -204,23 +210,34 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=8, help="architectures trained per run")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (W=1, W=2)")
-    parser.add_argument("--max-other", type=float, default=0.25,
-                        help="a round in which other processes used more cores than this is discarded and rerun")
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help="a round in which other processes used more cores than this is discarded and rerun",
+    )
     parser.add_argument("--retries", type=int, default=4, help="discarded rounds to rerun at most")
-    parser.add_argument("--patience", type=float, default=300.0, help="seconds to wait for a quiet machine before a round, at most")
+    parser.add_argument(
+        "--patience", type=float, default=300.0, help="seconds to wait for a quiet machine before a round, at most"
+    )
     args = parser.parse_args()
 
     initial_load = os.getloadavg()
     print(f"load average before start: {initial_load[0]:.2f} / {initial_load[1]:.2f} / {initial_load[2]:.2f}")
     busy, waited = wait_for_quiet(args.max_other, args.patience)
-    print(f"  machine busy (5 s sample, before any run): {busy:.2f} cores" + (f", after waiting {waited:.0f} s" if waited >= 1 else ""))
+    print(
+        f"  machine busy (5 s sample, before any run): {busy:.2f} cores"
+        + (f", after waiting {waited:.0f} s" if waited >= 1 else "")
+    )
 
     config = SearchConfig(dataset="digits", space="metaqnn-small", epochs=args.epochs, seed=SEED)
-    settings = trial_settings(config, device="cpu")
+    settings = config.trial_settings(device="cpu")
     data = settings.load_data()
     channels, size = data.input_shape[0], min(data.input_shape[1:])
     archs = choose_architectures(config, args.trials, size, channels, data.num_classes)
-    print(f"{len(archs)} architectures, {args.epochs} epochs each, {len(data.train)} training / {len(data.val)} validation images:")
+    print(
+        f"{len(archs)} architectures, {args.epochs} epochs each, {len(data.train)} training / {len(data.val)} validation images:"
+    )
     for arch in archs:
         print(f"  {macs(arch, size, channels) / 1e6:5.1f} M MACs  {arch}")
 
@@ -255,7 +272,12 @@ def main() -> int:
     # Same seeds, same networks, CPU: every run must report the same accuracy for each architecture.
     reference = runs[0].outcomes
     mismatches = sorted(
-        {a for run in discarded + runs for a, o in run.outcomes.items() if (o.status, o.accuracy) != (reference[a].status, reference[a].accuracy)}
+        {
+            a
+            for run in discarded + runs
+            for a, o in run.outcomes.items()
+            if (o.status, o.accuracy) != (reference[a].status, reference[a].accuracy)
+        }
     )
     failed = sorted({a for run in runs for a, o in run.outcomes.items() if o.status != "done"})
 
@@ -292,7 +314,9 @@ def main() -> int:
     if mismatches:
         print(f"  WARNING: accuracies differ between runs for {len(mismatches)} architecture(s): {mismatches}")
     if noisy:
-        print(f"  WARNING: other processes used up to {other_max:.2f} cores during a measured window: numbers are noisy")
+        print(
+            f"  WARNING: other processes used up to {other_max:.2f} cores during a measured window: numbers are noisy"
+        )
 
     rows = "\n".join(
         f"| {r.label} | {r.workers} | {r.elapsed:.1f} | {r.per_hour:.0f} | {r.train_seconds:.1f} | "
@@ -327,12 +351,12 @@ runs from the first measured submit to the last outcome. The driver loop refills
 | time for the {len(archs)} trials (median) | {med_elapsed[1]:.1f} s | {med_elapsed[2]:.1f} s |
 | mean training time per trial (inside the worker) | {mean_trial[1]:.2f} s | {mean_trial[2]:.2f} s |
 
-**Speed-up W = 2 over W = 1: {speedup:.2f}×** (target ≥ {TARGET_SPEEDUP}×: {'met' if met else '**missed**'}); per round: {', '.join(f'{s:.2f}×' for s in pair_speedups)}.
+**Speed-up W = 2 over W = 1: {speedup:.2f}×** (target ≥ {TARGET_SPEEDUP}×: {"met" if met else "**missed**"}); per round: {", ".join(f"{s:.2f}×" for s in pair_speedups)}.
 With these trial durations in this order, greedy assignment to 2 workers could at best reach {schedule_bound:.2f}× (uneven tail);
 a trial's training time with two trainings at once, relative to one at a time: ×{mean_trial[2] / mean_trial[1]:.2f} (contention).
 `LocalRunner.wait` returned each result a median {1000 * statistics.median(held_all):.1f} ms after taking it off the result queue
 (time in which the freed worker idles before the driver can hand it the next trial).
-Accuracies identical across all runs: {'yes' if not mismatches else f'**no**, {len(mismatches)} differ'}; failed trials: {len(failed)}.
+Accuracies identical across all runs: {"yes" if not mismatches else f"**no**, {len(mismatches)} differ"}; failed trials: {len(failed)}.
 
 | round | W | seconds | trials/h | training s (sum) | wait held (ms, median) | own CPU (cores) | other CPU (cores) | load before |
 |---|---|---|---|---|---|---|---|---|

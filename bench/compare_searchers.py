@@ -132,21 +132,28 @@ def dataset_spec(name: str, work: Path) -> str:
 # -- one experiment (run in a child process) -----------------------------------------------------
 def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int, space: str) -> dict[str, Any]:
     """Run (or resume) one experiment through the real agent and measure it."""
-    from nasagent.agent import Agent
-    from nasagent.runners.local import LocalRunner
-    from nasagent.search import experiment_status, open_experiment, trial_settings
-    from nasagent.store.postgres import Store
-    from nasagent.strategies.registry import make_strategy
+    from nasagent.execution.local import LocalRunner
+    from nasagent.persistence.postgres import Store
+    from nasagent.search.loop import Agent
+    from nasagent.search.run import open_experiment
+    from nasagent.search.status import experiment_status
 
     name = f"cmp-{Path(run.dataset).name}-{run.label}-s{run.seed}-b{budget}-e{epochs}-{space}"
-    given = {"dataset": spec, "space": space, "strategy": run.strategy, "trials": budget, "epochs": epochs,
-             "seed": run.seed, "options": run.options}
+    given = {
+        "dataset": spec,
+        "space": space,
+        "strategy": run.strategy,
+        "trials": budget,
+        "epochs": epochs,
+        "seed": run.seed,
+        "options": run.options,
+    }
     with Store.connect(db) as store:
         experiment, config = open_experiment(store, name, given)
         resumed = bool(store.trials(experiment.id))
-        settings = trial_settings(config, device="cpu")
+        settings = config.trial_settings(device="cpu")
         data = settings.load_data()
-        strategy = make_strategy(config, data.input_shape, data.num_classes)
+        strategy = config.make_strategy(data.input_shape, data.num_classes)
         with LocalRunner(settings, workers, data.num_classes) as runner:
             waited = [0.0]
             wait = runner.wait
@@ -166,12 +173,27 @@ def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int
         trials = store.trials(experiment.id)
         status = experiment_status(store, name)
     return {
-        "key": run.key, "label": run.label, "strategy": run.strategy, "options": run.options, "dataset": run.dataset,
-        "seed": run.seed, "budget": budget, "epochs": epochs, "workers": workers, "space": space, "resumed": resumed,
-        "accuracies": [float(t.accuracy) for t in trials], "archs": [t.arch for t in trials],
-        "failed": sum(t.status == "failed" for t in trials), "train_seconds": sum(t.train_seconds or 0.0 for t in trials),
-        "rewarded": status["trials_done"], "unique": status["unique_trained"], "wall_s": wall,
-        "overhead_s": wall - waited[0], "new_trials": progress.unique_finished, "summary": status["strategy_summary"],
+        "key": run.key,
+        "label": run.label,
+        "strategy": run.strategy,
+        "options": run.options,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "budget": budget,
+        "epochs": epochs,
+        "workers": workers,
+        "space": space,
+        "resumed": resumed,
+        "accuracies": [float(t.accuracy) for t in trials],
+        "archs": [t.arch for t in trials],
+        "failed": sum(t.status == "failed" for t in trials),
+        "train_seconds": sum(t.train_seconds or 0.0 for t in trials),
+        "rewarded": status["trials_done"],
+        "unique": status["unique_trained"],
+        "wall_s": wall,
+        "overhead_s": wall - waited[0],
+        "new_trials": progress.unique_finished,
+        "summary": status["strategy_summary"],
     }
 
 
@@ -197,22 +219,33 @@ def plan(args: argparse.Namespace) -> list[Run]:
         labelled.append((label, parts[0], options))
     seeds = range(args.seeds)
     # Seed-major, strategies interleaved: machine load drifts over a long run, and this spreads it evenly.
-    return [Run(label, name, options, dataset, seed)
-            for dataset in args.datasets.split(",") for seed in seeds for label, name, options in labelled]
+    return [
+        Run(label, name, options, dataset, seed)
+        for dataset in args.datasets.split(",")
+        for seed in seeds
+        for label, name, options in labelled
+    ]
 
 
 def database(work: Path, url: str | None) -> tuple[str, bool]:
     """(URL, started here): ``--db`` or an embedded server under WORK (kept, so a rerun resumes)."""
     if url:
         return url, False
-    from nasagent.store import embedded_url
+    from nasagent.persistence import embedded_url
 
     return embedded_url(work / "pg"), True
 
 
 def child_command(run: Run, args: argparse.Namespace, db: str, spec: str) -> list[str]:
-    job = {"run": run.__dict__, "spec": spec, "db": db, "budget": args.budget, "epochs": args.epochs,
-           "workers": args.workers, "space": args.space}
+    job = {
+        "run": run.__dict__,
+        "spec": spec,
+        "db": db,
+        "budget": args.budget,
+        "epochs": args.epochs,
+        "workers": args.workers,
+        "space": args.space,
+    }
     return [sys.executable, str(Path(__file__).resolve()), "--job", json.dumps(job)]
 
 
@@ -228,7 +261,9 @@ def execute(runs: list[Run], args: argparse.Namespace, work: Path, db: str) -> N
             run = todo.pop(0)
             spec = dataset_spec(run.dataset, work)
             log = open(work / f"{run.slug}.log", "w")
-            proc = subprocess.Popen(child_command(run, args, db, spec), stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+            proc = subprocess.Popen(
+                child_command(run, args, db, spec), stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT
+            )
             active.append((run, proc, time.perf_counter()))
         time.sleep(0.5)
         for item in list(active):
@@ -246,7 +281,10 @@ def execute(runs: list[Run], args: argparse.Namespace, work: Path, db: str) -> N
             if "error" in result:
                 print(f"{run.key}: cannot run: {result['error']}", flush=True)
             else:
-                print(f"{run.key}: best {max(result['accuracies']):.4f} in {time.perf_counter() - started:.0f} s", flush=True)
+                print(
+                    f"{run.key}: best {max(result['accuracies']):.4f} in {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
 
 
 def load_results(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -281,7 +319,6 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from _report import machine
 
     by_key = {r["key"]: r for r in results}
@@ -309,10 +346,17 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for d, dataset in enumerate(datasets):
         lines += ["", f"### {dataset}", ""]
-        errors = [(label, by_key[f"{dataset}|{label}|{s}"]["error"]) for label in labels for s in seeds
-                  if "error" in by_key.get(f"{dataset}|{label}|{s}", {})]
-        reference = {s: max(by_key[f"{dataset}|random|{s}"]["accuracies"]) for s in seeds
-                     if "accuracies" in by_key.get(f"{dataset}|random|{s}", {})}
+        errors = [
+            (label, by_key[f"{dataset}|{label}|{s}"]["error"])
+            for label in labels
+            for s in seeds
+            if "error" in by_key.get(f"{dataset}|{label}|{s}", {})
+        ]
+        reference = {
+            s: max(by_key[f"{dataset}|random|{s}"]["accuracies"])
+            for s in seeds
+            if "accuracies" in by_key.get(f"{dataset}|random|{s}", {})
+        }
         lines += [
             "| strategy | best accuracy | mean of top 5 | mean of all trained | trials to reach random's final best (median; reached) "
             "| wall s per experiment | agent overhead ms/trial | rewarded per unique | failed |",
@@ -320,7 +364,11 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
         ]
         ax = axes[0][d]
         for label in labels:
-            got = [by_key[f"{dataset}|{label}|{s}"] for s in seeds if "accuracies" in by_key.get(f"{dataset}|{label}|{s}", {})]
+            got = [
+                by_key[f"{dataset}|{label}|{s}"]
+                for s in seeds
+                if "accuracies" in by_key.get(f"{dataset}|{label}|{s}", {})
+            ]
             if not got:
                 continue
             best = [max(r["accuracies"]) for r in got]
@@ -333,7 +381,13 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
                     if len(hit):
                         reach.append(int(hit[0]) + 1)
             compared = sum(r["seed"] in reference for r in got)
-            reach_text = "—" if not compared else f"{statistics.median(reach):g} ({len(reach)}/{compared})" if reach else f"never (0/{compared})"
+            reach_text = (
+                "—"
+                if not compared
+                else f"{statistics.median(reach):g} ({len(reach)}/{compared})"
+                if reach
+                else f"never (0/{compared})"
+            )
             resumed = " (resumed)" if any(r["resumed"] for r in got) else ""
             lines.append(
                 f"| {label}{resumed} | {pm(best)} | {pm(top5)} | {pm([statistics.fmean(r['accuracies']) for r in got])} | {reach_text} | {pm([r['wall_s'] for r in got], '{:.0f}')} "
@@ -347,15 +401,33 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
             ax.fill_between(x, mean - std, mean + std, alpha=0.1)
         for label, error in errors:
             lines.append(f"\n{label} could not run on {dataset}: {error}")
-        summaries = [(label, [by_key[f"{dataset}|{label}|{s}"]["summary"] for s in seeds
-                              if by_key.get(f"{dataset}|{label}|{s}", {}).get("summary")]) for label in labels]
+        summaries = [
+            (
+                label,
+                [
+                    by_key[f"{dataset}|{label}|{s}"]["summary"]
+                    for s in seeds
+                    if by_key.get(f"{dataset}|{label}|{s}", {}).get("summary")
+                ],
+            )
+            for label in labels
+        ]
         keys = ("reward_mean", "reward_variance", "signal_variance", "signal_mean_square")
         rows = [(label, sums) for label, sums in summaries if sums and all(k in sums[0] for k in keys)]
         if rows:
-            lines += ["", "Reward statistics the controller reports (`nasagent status` → `strategy_summary`; signal = what multiplies ∇log π):", "",
-                      "| strategy | baseline | reward mean | reward variance | signal variance | signal mean square |", "|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "Reward statistics the controller reports (`nasagent status` → `strategy_summary`; signal = what multiplies ∇log π):",
+                "",
+                "| strategy | baseline | reward mean | reward variance | signal variance | signal mean square |",
+                "|---|---|---|---|---|---|",
+            ]
             for label, sums in rows:
-                lines.append(f"| {label} | {sums[0]['baseline']} | " + " | ".join(pm([s[k] for s in sums], "{:.5f}") for k in keys) + " |")
+                lines.append(
+                    f"| {label} | {sums[0]['baseline']} | "
+                    + " | ".join(pm([s[k] for s in sums], "{:.5f}") for k in keys)
+                    + " |"
+                )
         ax.set_title(f"{dataset}: best-so-far validation accuracy")
         ax.set_xlabel("unique networks trained")
         ax.set_ylabel("best accuracy so far (mean ± std over seeds)")
@@ -376,7 +448,7 @@ def write_doc(body: str, section: str) -> None:
     start, end = f"<!-- {mark} -->", f"<!-- /{mark} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
@@ -393,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--space", default="metaqnn-small", help="MetaQNN space of qlearning and random")
     parser.add_argument("--workers", type=int, default=1, help="local workers per experiment")
     parser.add_argument("--parallel", type=int, default=1, help="experiments at a time")
-    parser.add_argument("--work", default="/tmp/nascmp", help="results, data and the embedded PostgreSQL (kept for resuming)")
+    parser.add_argument(
+        "--work", default="/tmp/nascmp", help="results, data and the embedded PostgreSQL (kept for resuming)"
+    )
     parser.add_argument("--db", help="postgresql:// URL instead of the embedded server")
     parser.add_argument("--section", default="", help="name of this comparison's block in the docs (and of its plot)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the docs from WORK's results")
@@ -405,8 +479,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_one(run, job["spec"], job["db"], job["budget"], job["epochs"], job["workers"], job["space"])
         except NasagentError as exc:  # e.g. a strategy that cannot search this dataset: reported, not fatal
-            result = {"key": run.key, "label": run.label, "dataset": run.dataset, "seed": run.seed, "error": str(exc),
-                      "budget": job["budget"], "epochs": job["epochs"], "workers": job["workers"], "space": job["space"]}
+            result = {
+                "key": run.key,
+                "label": run.label,
+                "dataset": run.dataset,
+                "seed": run.seed,
+                "error": str(exc),
+                "budget": job["budget"],
+                "epochs": job["epochs"],
+                "workers": job["workers"],
+                "space": job["space"],
+            }
         print(json.dumps(result))
         return 0
     if min(args.budget, args.epochs, args.seeds, args.workers, args.parallel) < 1:
@@ -421,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             execute(runs, args, work, db)
     finally:
         if embedded:
-            from nasagent.store import stop_embedded
+            from nasagent.persistence import stop_embedded
 
             stop_embedded(work / "pg")
     wanted = {r.key for r in runs}

@@ -2,11 +2,11 @@
 
 | component | module | image | what it runs |
 |---|---|---|---|
-| ``prepare`` | ``components.prepare`` | trainer | ``nasagent.prepared.prepare_dataset``: split once, store under ``datasets/`` |
+| ``prepare`` | ``components.prepare`` | trainer | ``nasagent.training.prepared.prepare_dataset``: split once, store under ``datasets/`` |
 | ``search_agent`` | ``components.search`` | agent | ``nasagent search`` with a cluster launcher, then the report |
 | ``trial`` | ``components.trial`` | trainer | ``nasagent trial``: one architecture, standalone or a search's trial |
-| ``finetune`` | ``components.finetune`` | trainer | ``nasagent.finetune.finetune_experiment`` for one rank |
-| ``ensemble`` | ``components.ensemble`` | agent | ``nasagent.ensemble.ensemble_experiment`` on the test split |
+| ``finetune`` | ``components.finetune`` | trainer | ``nasagent.results.finetune.finetune_experiment`` for one rank |
+| ``ensemble`` | ``components.ensemble`` | agent | ``nasagent.results.ensemble.ensemble_experiment`` on the test split |
 
 All are *lightweight Python components* (``@dsl.component``) with ``install_kfp_package=False``:
 KFP runs the function's source with the image's own Python, where nasagent (and with it kfp)

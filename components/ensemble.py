@@ -1,6 +1,6 @@
 """The ``ensemble`` component: Table 3's ensemble of the top finetuned models on the test split.
 
-Runs ``nasagent.ensemble.ensemble_experiment``: averages the softmax outputs of the top
+Runs ``nasagent.results.ensemble.ensemble_experiment``: averages the softmax outputs of the top
 ``top`` finetuned models (by validation accuracy; the search's checkpoints if nothing was
 finetuned) and scores each member and the ensemble on the test split, which none of them saw.
 The result is a Markdown table, the report JSON (also in the artifact store,
@@ -30,9 +30,9 @@ def ensemble(
     from pathlib import Path
 
     from nasagent import kubeflow
-    from nasagent.artifacts import open_artifacts
-    from nasagent.cli import connect
-    from nasagent.ensemble import ensemble_experiment
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.postgres import connect
+    from nasagent.results.ensemble import ensemble_experiment
 
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     with connect(None) as db:

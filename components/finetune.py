@@ -1,6 +1,6 @@
 """The ``finetune`` component: one of the top-k architectures, retrained with §5's long schedule.
 
-Runs ``nasagent.finetune.finetune_experiment`` for one search rank (the pipeline fans out over
+Runs ``nasagent.results.finetune.finetune_experiment`` for one search rank (the pipeline fans out over
 the ranks with ``dsl.ParallelFor``, one GPU pod each): trains from scratch with the long
 step schedule (default: the paper's CIFAR-10 shape scaled to the dataset size; ``schedule`` and
 ``epochs`` change it), tests on the held-out test split and exports the model to
@@ -16,7 +16,14 @@ from components import TRAINER_IMAGE
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def finetune(
-    experiment: str, rank: int, bucket: str, epochs: int, schedule: str, gpus: int, metrics: Output[Metrics], model: Output[Model]
+    experiment: str,
+    rank: int,
+    bucket: str,
+    epochs: int,
+    schedule: str,
+    gpus: int,
+    metrics: Output[Metrics],
+    model: Output[Model],
 ) -> float:
     """Finetune the architecture of search rank ``rank``; returns its test accuracy (0 if training failed).
 
@@ -33,18 +40,26 @@ def finetune(
     from pathlib import Path
 
     from nasagent import kubeflow
-    from nasagent.artifacts import open_artifacts
-    from nasagent.cli import connect
-    from nasagent.finetune import finetune_experiment
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.postgres import connect
+    from nasagent.results.finetune import finetune_experiment
 
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     with connect(None) as db:
         report = finetune_experiment(
-            db, experiment, store, only_rank=rank, schedule=schedule or None, epochs=epochs or None,
-            device="auto" if gpus else "cpu", on_model=lambda row: print(kubeflow.finetune_line(row), flush=True),
+            db,
+            experiment,
+            store,
+            only_rank=rank,
+            schedule=schedule or None,
+            epochs=epochs or None,
+            device="auto" if gpus else "cpu",
+            on_model=lambda row: print(kubeflow.finetune_line(row), flush=True),
         )
     row = report["models"][0]
     kubeflow.log_finetune_metrics(row, metrics.log_metric)
     kubeflow.export_finetuned(store, experiment, row, Path(model.path))
-    model.metadata.update({"rank": rank, "architecture": row["arch"], "status": row["status"], "location": row["location"] or ""})
+    model.metadata.update(
+        {"rank": rank, "architecture": row["arch"], "status": row["status"], "location": row["location"] or ""}
+    )
     return float(row["test_accuracy"] or 0.0)

@@ -1,6 +1,6 @@
 """The ``prepare`` component: materialise a dataset's splits once, into the artifact store.
 
-Runs ``nasagent.prepared.prepare_dataset``: loads the dataset (downloading it if it is a
+Runs ``nasagent.training.prepared.prepare_dataset``: loads the dataset (downloading it if it is a
 torchvision one, hence the trainer image), makes the stratified, seeded validation split and the
 test split, and stores them as one ``.npz`` under ``datasets/<name>/`` of the artifact store.
 Its output ``spec`` (``prepared:URL``) is the dataset every later step and every trial pod
@@ -27,13 +27,15 @@ def prepare(dataset: str, val_size: float, seed: int, bucket: str, prepared: Out
     from pathlib import Path
 
     from nasagent import kubeflow
-    from nasagent.artifacts import open_artifacts
-    from nasagent.prepared import prepare_dataset, val_size_value
-    from nasagent.store.embedded import nasagent_home
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.embedded import nasagent_home
+    from nasagent.training.prepared import prepare_dataset, val_size_value
 
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     result = prepare_dataset(dataset, store, nasagent_home() / "data", val_size=val_size_value(val_size), seed=seed)
     print(f"{result.name}: {result.sizes} {'stored at' if result.uploaded else 'already at'} {result.url}", flush=True)
     kubeflow.write_json(Path(prepared.path), result.to_json())
-    prepared.metadata.update({"spec": result.spec, "url": result.url, **{f"{k}_size": v for k, v in result.sizes.items()}})
+    prepared.metadata.update(
+        {"spec": result.spec, "url": result.url, **{f"{k}_size": v for k, v in result.sizes.items()}}
+    )
     return result.spec

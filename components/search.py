@@ -10,7 +10,7 @@ leaderboard, the HTML report (``nasagent report``) and Figure 3 as KFP artifacts
 search's metrics, and returns the ranks the pipeline finetunes.
 """
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Markdown, Metrics, Output
@@ -46,7 +46,7 @@ def search_agent(
     report: Output[HTML],
     accuracy_plot: Output[HTML],
     metrics: Output[Metrics],
-) -> NamedTuple("SearchOutputs", [("experiment", str), ("ranks", List[int]), ("best_accuracy", float)]):
+) -> NamedTuple("SearchOutputs", [("experiment", str), ("ranks", list[int]), ("best_accuracy", float)]):
     """Run (or resume) the search to its budget, then publish its leaderboard, report and metrics.
 
     Args:
@@ -81,18 +81,33 @@ def search_agent(
     from pathlib import Path
 
     from nasagent import kubeflow
-    from nasagent.artifacts import open_artifacts
-    from nasagent.cli import connect
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.postgres import connect
 
     name = kubeflow.experiment_name(experiment, run_name, run_id)
     kubeflow.check_trial_secrets(launcher, db_secret, s3_secret)
     url = kubeflow.artifacts_url(bucket)
-    kubeflow.run_cli(kubeflow.search_argv(
-        experiment=name, dataset=dataset, space=space, strategy=strategy, trials=trials, schedule=schedule,
-        epochs=epochs, seed=seed, parallelism=parallelism, launcher=launcher, trial_image=trial_image,
-        gpus_per_trial=gpus_per_trial, node_selector=node_selector, tolerations=tolerations,
-        pending_timeout=pending_timeout, artifacts=url, keep_top=keep_top,
-    ))
+    kubeflow.run_cli(
+        kubeflow.search_argv(
+            experiment=name,
+            dataset=dataset,
+            space=space,
+            strategy=strategy,
+            trials=trials,
+            schedule=schedule,
+            epochs=epochs,
+            seed=seed,
+            parallelism=parallelism,
+            launcher=launcher,
+            trial_image=trial_image,
+            gpus_per_trial=gpus_per_trial,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            pending_timeout=pending_timeout,
+            artifacts=url,
+            keep_top=keep_top,
+        )
+    )
     store = open_artifacts(url)
     with connect(None) as db:
         status = kubeflow.write_search_outputs(

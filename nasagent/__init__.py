@@ -13,7 +13,7 @@ __all__ = ["load_model"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from nasagent.models import load_model
+        from nasagent.training.models import load_model
 
         return load_model
     raise AttributeError(f"module 'nasagent' has no attribute {name!r}")

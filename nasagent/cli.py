@@ -7,8 +7,9 @@ import importlib
 import json
 import pkgutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from nasagent import commands
 from nasagent.errors import ConfigError, NasagentError
@@ -21,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"nasagent: error: {message}\n")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nasagent", description="Reinforcement-learning neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -31,7 +32,9 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", help="preset (metaqnn, metaqnn-cifar, metaqnn-mnist, metaqnn-small) or FILE.yaml")
     search.add_argument("--strategy", help="qlearning (default) | random | reinforce | dqn | meta-a2c | random-nsc")
     search.add_argument("--policy", help="a trained policy file for strategies that load one (meta-a2c)")
-    search.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a setting of the strategy (repeatable)")
+    search.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a setting of the strategy (repeatable)"
+    )
     search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")
     search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
     search.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
@@ -44,20 +47,47 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--replay-k", type=int, help="replay samples per update (default 100)")
     search.add_argument("--device", default="auto", help="auto | cpu | cuda")
     search.add_argument("--db", help="postgresql:// URL (default $NASAGENT_DB, else the embedded server)")
-    search.add_argument("--artifacts", help="artifact store (file:///DIR or s3://BUCKET/PREFIX, default $NASAGENT_ARTIFACTS) for checkpoints")
-    search.add_argument("--keep-top", type=int, default=10, help="checkpoints kept: the current top K trials (default 10, 0: none)")
-    search.add_argument("--launcher", default="local", choices=("local", "kfp", "kubernetes"), help="where trials run (default local)")
+    search.add_argument(
+        "--artifacts",
+        help="artifact store (file:///DIR or s3://BUCKET/PREFIX, default $NASAGENT_ARTIFACTS) for checkpoints",
+    )
+    search.add_argument(
+        "--keep-top", type=int, default=10, help="checkpoints kept: the current top K trials (default 10, 0: none)"
+    )
+    search.add_argument(
+        "--launcher", default="local", choices=("local", "kfp", "kubernetes"), help="where trials run (default local)"
+    )
     search.add_argument("--parallelism", type=int, help="trials in flight (same as --workers; default 1 on a cluster)")
     search.add_argument("--namespace", help="kubernetes/kfp: namespace of the trials (default: the agent's)")
-    search.add_argument("--trial-image", help="kubernetes/kfp: image with nasagent for the trials (default $NASAGENT_TRIAL_IMAGE)")
+    search.add_argument(
+        "--trial-image", help="kubernetes/kfp: image with nasagent for the trials (default $NASAGENT_TRIAL_IMAGE)"
+    )
     search.add_argument("--gpus-per-trial", type=int, help="kubernetes/kfp: nvidia.com/gpu limit per trial (default 1)")
-    search.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE", help="kubernetes/kfp: node label (repeatable)")
-    search.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT", help="kubernetes/kfp: taint tolerated (repeatable)")
-    search.add_argument("--trial-timeout", type=int, help="kubernetes/kfp: seconds one attempt may take (default 14400)")
-    search.add_argument("--pending-timeout", type=int, help="kubernetes/kfp: seconds a trial may wait for a node (default 900)")
+    search.add_argument(
+        "--node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="kubernetes/kfp: node label (repeatable)",
+    )
+    search.add_argument(
+        "--toleration",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]:EFFECT",
+        help="kubernetes/kfp: taint tolerated (repeatable)",
+    )
+    search.add_argument(
+        "--trial-timeout", type=int, help="kubernetes/kfp: seconds one attempt may take (default 14400)"
+    )
+    search.add_argument(
+        "--pending-timeout", type=int, help="kubernetes/kfp: seconds a trial may wait for a node (default 900)"
+    )
     search.add_argument("--max-retries", type=int, help="kubernetes/kfp: new attempts of a failed trial (default 2)")
     search.add_argument("--kfp-host", help="kfp: API URL (default: in-cluster ml-pipeline service)")
-    search.add_argument("--trial-template", help="kubernetes: trial Job YAML to build on (default $NASAGENT_TRIAL_TEMPLATE)")
+    search.add_argument(
+        "--trial-template", help="kubernetes: trial Job YAML to build on (default $NASAGENT_TRIAL_TEMPLATE)"
+    )
 
     status = sub.add_parser("status", help="where a search stands")
     status.add_argument("--experiment", required=True)
@@ -78,7 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except NasagentError as exc:
@@ -89,71 +119,78 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def connect(db: str | None) -> Any:
-    """The store at ``--db``, ``NASAGENT_DB`` or the embedded server (for commands' handlers)."""
-    from nasagent.store.embedded import resolve_db_url
-    from nasagent.store.postgres import Store
-
-    return Store.connect(resolve_db_url(db))
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from nasagent.search import run_search
+    from nasagent.core.datasets import resolve_dataset
+    from nasagent.execution.launchers import launcher_settings
+    from nasagent.persistence.postgres import connect
+    from nasagent.search.run import run_search
+    from nasagent.strategies.options import parse_option_pairs
 
     given: dict[str, Any] = {
-        "dataset": args.dataset, "space": args.space, "strategy": args.strategy, "trials": args.trials,
-        "schedule": args.schedule, "epochs": args.epochs, "seed": args.seed, "val_size": args.val_size,
+        "dataset": args.dataset,
+        "space": args.space,
+        "strategy": args.strategy,
+        "trials": args.trials,
+        "schedule": args.schedule,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "val_size": args.val_size,
         "data_dir": args.data_dir,
     }
-    q = {k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None}
+    q = {
+        k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None
+    }
     if q:
         given["qlearning"] = q
     if args.option or args.policy:
-        given["options"] = _parse_options(args.option)
+        given["options"] = parse_option_pairs(args.option)
         if args.policy:
             given["options"]["policy"] = str(Path(args.policy).expanduser().resolve())
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    if args.dataset and args.dataset.startswith("npz:"):
-        given["dataset"] = "npz:" + str(Path(args.dataset[4:]).expanduser().resolve())
+    if args.dataset:
+        given["dataset"] = resolve_dataset(args.dataset)
     if args.parallelism is not None and args.workers is not None and args.parallelism != args.workers:
         raise ConfigError(f"--parallelism {args.parallelism} and --workers {args.workers} disagree; give one")
     in_flight = args.parallelism if args.parallelism is not None else args.workers
     if in_flight is not None and in_flight < 1:
         raise ConfigError(f"--parallelism must be at least 1, got {in_flight}")
-    from nasagent.runners.cluster import launcher_settings
-
-    cluster = launcher_settings(args.launcher, args.experiment, in_flight, {
-        "image": args.trial_image, "namespace": args.namespace, "gpus_per_trial": args.gpus_per_trial,
-        "node_selector": args.node_selector, "tolerations": args.toleration, "trial_timeout": args.trial_timeout,
-        "pending_timeout": args.pending_timeout, "max_retries": args.max_retries, "kfp_host": args.kfp_host,
-        "job_template": args.trial_template,
-    })
+    cluster = launcher_settings(
+        args.launcher,
+        args.experiment,
+        in_flight,
+        {
+            "image": args.trial_image,
+            "namespace": args.namespace,
+            "gpus_per_trial": args.gpus_per_trial,
+            "node_selector": args.node_selector,
+            "tolerations": args.toleration,
+            "trial_timeout": args.trial_timeout,
+            "pending_timeout": args.pending_timeout,
+            "max_retries": args.max_retries,
+            "kfp_host": args.kfp_host,
+            "job_template": args.trial_template,
+        },
+    )
     with connect(args.db) as store:
-        run_search(store, args.experiment, given, workers=in_flight, device=args.device,
-                   artifacts=args.artifacts, keep_top=args.keep_top, launcher=args.launcher, cluster=cluster)
+        run_search(
+            store,
+            args.experiment,
+            given,
+            workers=in_flight,
+            device=args.device,
+            artifacts=args.artifacts,
+            keep_top=args.keep_top,
+            launcher=args.launcher,
+            cluster=cluster,
+        )
         _print_top(store, args.experiment, 10, as_json=False)
     return 0
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` flags into a mapping; values read as YAML scalars or lists (``[16, 32]``)."""
-    import yaml
-
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--option {key}: cannot read value {value!r}") from None
-    return options
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from nasagent.search import experiment_status
+    from nasagent.persistence.postgres import connect
+    from nasagent.search.status import experiment_status
 
     with connect(args.db) as store:
         status = experiment_status(store, args.experiment)
@@ -168,14 +205,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"-k must be at least 1, got {args.k}")
+    from nasagent.persistence.postgres import connect
+
     with connect(args.db) as store:
         _print_top(store, args.experiment, args.k, as_json=args.json)
     return 0
 
 
 def _print_top(store: Any, experiment: str, k: int, as_json: bool) -> None:
-    from nasagent.display import leaderboard, print_table
-    from nasagent.search import top_trials
+    from nasagent.search.display import leaderboard, print_table
+    from nasagent.search.status import top_trials
 
     rows = top_trials(store, experiment, k)
     if as_json:

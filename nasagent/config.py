@@ -1,4 +1,8 @@
-"""Experiment configuration: what defines a search, stored with the experiment so a resume repeats it."""
+"""Experiment configuration: what defines a search, stored with the experiment so a resume repeats it.
+
+Validated once, at the edge (the CLI, a KFP component); below it, the strategy gets a
+``StrategyContext`` and the trial worker ``TrialSettings``, never the config itself.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from nasagent.errors import ConfigError
-from nasagent.store.embedded import nasagent_home
+from nasagent.persistence.embedded import nasagent_home
 from nasagent.spaces.metaqnn import SpaceConfig, load_space
+from nasagent.strategies.base import Strategy, StrategyContext
 from nasagent.strategies.qlearning import QLearningConfig
-from nasagent.strategies.registry import STRATEGIES
+from nasagent.strategies.registry import STRATEGIES, make_strategy
 from nasagent.strategies.schedule import EpsilonSchedule
+from nasagent.training.build import BuildOptions
+from nasagent.training.settings import TrialSettings
+from nasagent.training.trainer import TrainConfig
+
 
 @dataclass
 class SearchConfig:
@@ -48,7 +57,9 @@ class SearchConfig:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be at least 1, got {self.trials}")
-        if self.val_size is not None and (self.val_size <= 0 or (self.val_size >= 1 and self.val_size != int(self.val_size))):
+        if self.val_size is not None and (
+            self.val_size <= 0 or (self.val_size >= 1 and self.val_size != int(self.val_size))
+        ):
             raise ConfigError(f"--val-size must be a fraction in (0, 1) or a whole count, got {self.val_size}")
         if not self.data_dir:
             self.data_dir = str(nasagent_home() / "data")
@@ -66,6 +77,38 @@ class SearchConfig:
     def budget(self) -> int:
         """Unique architectures to train."""
         return self.epsilon_schedule().total
+
+    def trial_settings(self, device: str = "auto") -> TrialSettings:
+        """How every trial of the experiment loads its data and trains."""
+        space = self.space_config()
+        val_size = self.val_size
+        return TrialSettings(
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            data_seed=self.seed,
+            val_size=int(val_size) if val_size is not None and val_size >= 1 else val_size,
+            train=TrainConfig(epochs=self.epochs, seed=self.seed, device=device),
+            build=BuildOptions(activation=space.activation, dropout=space.dropout),
+        )
+
+    def strategy_context(self, input_shape: tuple[int, int, int], num_classes: int) -> StrategyContext:
+        """What the strategy factory of ``self.strategy`` is given."""
+        options = dict(self.options)
+        if self.strategy == "qlearning":  # --q-init, --alpha, --replay-k are MetaQNN's options too
+            options = {**asdict(self.qlearning), **options}
+        return StrategyContext(
+            seed=self.seed,
+            options=options,
+            budget=self.budget,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            space=self.space_config(),
+            schedule=self.epsilon_schedule(),
+        )
+
+    def make_strategy(self, input_shape: tuple[int, int, int], num_classes: int) -> Strategy:
+        """The experiment's searcher for data of this shape and class count (options checked here)."""
+        return make_strategy(self.strategy, self.strategy_context(input_shape, num_classes))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,12 +19,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from nasagent.artifacts import ArtifactStore, experiment_key
 from nasagent.errors import ConfigError
-from nasagent.runners.cluster import DB_SECRET, LAUNCHERS, S3_SECRET, TOLERATION_EFFECTS, dns_label
+from nasagent.execution.cluster import DB_SECRET, LAUNCHERS, S3_SECRET, TOLERATION_EFFECTS, dns_label
+from nasagent.persistence.artifacts import ArtifactStore, experiment_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def artifacts_url(bucket: str) -> str:
     if not bucket:
         bucket = os.environ.get(BUCKET_ENV, "").strip()
         if not bucket:
-            raise ConfigError(f"no bucket: set the pipeline parameter bucket, or the key 'bucket' of the S3 Secret ({BUCKET_ENV})")
+            raise ConfigError(
+                f"no bucket: set the pipeline parameter bucket, or the key 'bucket' of the S3 Secret ({BUCKET_ENV})"
+            )
     return f"s3://{bucket}"
 
 
@@ -70,9 +73,15 @@ def check_trial_secrets(launcher: str, db_secret: str, s3_secret: str) -> None:
     """
     if launcher == "local":
         return
-    wrong = [f"{given} (trial pods read {fixed})" for given, fixed in ((db_secret, DB_SECRET), (s3_secret, S3_SECRET)) if given != fixed]
+    wrong = [
+        f"{given} (trial pods read {fixed})"
+        for given, fixed in ((db_secret, DB_SECRET), (s3_secret, S3_SECRET))
+        if given != fixed
+    ]
     if wrong:
-        raise ConfigError(f"with launcher {launcher} the Secrets must be named {DB_SECRET} and {S3_SECRET}: got {', '.join(wrong)}")
+        raise ConfigError(
+            f"with launcher {launcher} the Secrets must be named {DB_SECRET} and {S3_SECRET}: got {', '.join(wrong)}"
+        )
 
 
 def node_selector_flags(selector: dict[str, Any]) -> list[str]:
@@ -128,20 +137,48 @@ def search_argv(
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     argv = [
-        "search", "--experiment", experiment, "--dataset", dataset, "--space", space, "--strategy", strategy,
-        "--schedule", schedule, "--epochs", str(epochs), "--seed", str(seed), "--parallelism", str(parallelism),
-        "--artifacts", artifacts, "--keep-top", str(keep_top), "--launcher", launcher,
+        "search",
+        "--experiment",
+        experiment,
+        "--dataset",
+        dataset,
+        "--space",
+        space,
+        "--strategy",
+        strategy,
+        "--schedule",
+        schedule,
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--parallelism",
+        str(parallelism),
+        "--artifacts",
+        artifacts,
+        "--keep-top",
+        str(keep_top),
+        "--launcher",
+        launcher,
     ]
     if trials:
         argv += ["--trials", str(trials)]
     if launcher == "local":
         if gpus_per_trial or node_selector or tolerations:
-            log.warning("launcher local: trials run as worker processes of this step; "
-                        "gpus_per_trial, node selector and tolerations are ignored")
+            log.warning(
+                "launcher local: trials run as worker processes of this step; "
+                "gpus_per_trial, node selector and tolerations are ignored"
+            )
         return argv
     return argv + [
-        "--trial-image", trial_image, "--gpus-per-trial", str(gpus_per_trial), "--pending-timeout", str(pending_timeout),
-        *node_selector_flags(node_selector), *toleration_flags(tolerations),
+        "--trial-image",
+        trial_image,
+        "--gpus-per-trial",
+        str(gpus_per_trial),
+        "--pending-timeout",
+        str(pending_timeout),
+        *node_selector_flags(node_selector),
+        *toleration_flags(tolerations),
     ]
 
 
@@ -158,7 +195,7 @@ def run_cli(argv: list[str]) -> None:
 def finetune_ranks(db: Any, name: str, store: ArtifactStore, top: int) -> list[int]:
     """The search ranks to finetune, ``1..min(top, finished trials)``; finetuned models of higher
     ranks, left by an earlier run with a larger ``top``, are deleted (they are no longer the top)."""
-    from nasagent.models import finetuned_prefix, list_models
+    from nasagent.training.models import finetuned_prefix, list_models
 
     if top < 0:
         raise ConfigError(f"finetune_top must be 0 or more, got {top}")
@@ -171,7 +208,13 @@ def finetune_ranks(db: Any, name: str, store: ArtifactStore, top: int) -> list[i
 
 
 def write_search_outputs(
-    db: Any, name: str, store: ArtifactStore, leaderboard: Path, report_page: Path, plot_page: Path, log_metric: LogMetric
+    db: Any,
+    name: str,
+    store: ArtifactStore,
+    leaderboard: Path,
+    report_page: Path,
+    plot_page: Path,
+    log_metric: LogMetric,
 ) -> dict[str, Any]:
     """Write what the Kubeflow UI shows after the search, and keep a copy of the report in ``store``.
 
@@ -180,7 +223,7 @@ def write_search_outputs(
     per ε); the report's three files also go to ``<experiment>/reports/search/``. Logs the
     summary metrics through ``log_metric`` and returns the status (``nasagent status --json``).
     """
-    from nasagent.report import build_report, figure_accuracy, write_report
+    from nasagent.results.report import build_report, figure_accuracy, write_report
 
     report = build_report(db, name)
     with tempfile.TemporaryDirectory(prefix="nasagent-report-") as tmp:
@@ -211,7 +254,9 @@ def _write(target: Path, text: str) -> None:
 
 def _figure_page(title: str, figure: Any | None) -> str:
     """A self-contained HTML page showing one matplotlib figure (or why there is none)."""
-    head = f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>'
+    head = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head><body>'
+    )
     if figure is None:
         return f"{head}<p>{html.escape(title)}: no finished model yet.</p></body></html>"
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -246,7 +291,7 @@ def finetune_line(row: dict[str, Any]) -> str:
 def export_finetuned(store: ArtifactStore, name: str, row: dict[str, Any], out: Path) -> None:
     """Copy the finetuned model of ``row`` from ``store`` into directory ``out`` (a KFP Model
     artifact); for a model whose training failed, ``out`` holds ``failure.json`` instead."""
-    from nasagent.models import pull_model
+    from nasagent.training.models import pull_model
 
     out.mkdir(parents=True, exist_ok=True)
     if row["status"] == "done":

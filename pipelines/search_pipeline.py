@@ -49,19 +49,33 @@ from components.search import search_agent
 
 PACKAGE = Path(__file__).with_name("search_pipeline.yaml")
 GPU_RESOURCE = "nvidia.com/gpu"
-S3_KEYS = {"endpoint": "NASAGENT_S3_ENDPOINT", "access_key": "NASAGENT_S3_ACCESS_KEY", "secret_key": "NASAGENT_S3_SECRET_KEY",
-           "bucket": "NASAGENT_S3_BUCKET"}
+S3_KEYS = {
+    "endpoint": "NASAGENT_S3_ENDPOINT",
+    "access_key": "NASAGENT_S3_ACCESS_KEY",
+    "secret_key": "NASAGENT_S3_SECRET_KEY",
+    "bucket": "NASAGENT_S3_BUCKET",
+}
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 # What `make pipeline-local` runs: digits, the embedded PostgreSQL, file artifacts, 2 cores.
 LOCAL_ARGUMENTS: dict[str, Any] = {
-    "dataset": "digits", "space": "metaqnn-small", "trials": 20, "epochs": 6, "parallelism": 2, "launcher": "local",
-    "keep_top": 5, "finetune_top": 5, "finetune_epochs": 15, "ensemble_top": 5,
+    "dataset": "digits",
+    "space": "metaqnn-small",
+    "trials": 20,
+    "epochs": 6,
+    "parallelism": 2,
+    "launcher": "local",
+    "keep_top": 5,
+    "finetune_top": 5,
+    "finetune_epochs": 15,
+    "ensemble_top": 5,
 }
 
 
-def _common(task: dsl.PipelineTask, role: str, db_secret: Any, s3_secret: Any, database: bool = True) -> dsl.PipelineTask:
+def _common(
+    task: dsl.PipelineTask, role: str, db_secret: Any, s3_secret: Any, database: bool = True
+) -> dsl.PipelineTask:
     """Labels, Secrets, no caching and no autoscaler eviction: what every nasagent step needs."""
     k8s.add_pod_label(task, "app.kubernetes.io/part-of", "nasagent")
     k8s.add_pod_label(task, "nasagent.io/role", role)
@@ -141,12 +155,28 @@ def search_pipeline(
     _common(prepared, "agent", db_secret, s3_secret, database=False)
 
     search = search_agent(
-        experiment=experiment, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        dataset=prepared.outputs["Output"], space=space, strategy=strategy, trials=trials, schedule=schedule,
-        epochs=epochs, seed=seed, parallelism=parallelism, launcher=launcher, trial_image=trainer_image,
-        gpus_per_trial=gpus_per_trial, node_selector=gpu_node_selector, tolerations=gpu_tolerations,
-        pending_timeout=pending_timeout, bucket=bucket, keep_top=keep_top, finetune_top=finetune_top,
-        db_secret=db_secret, s3_secret=s3_secret,
+        experiment=experiment,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        dataset=prepared.outputs["Output"],
+        space=space,
+        strategy=strategy,
+        trials=trials,
+        schedule=schedule,
+        epochs=epochs,
+        seed=seed,
+        parallelism=parallelism,
+        launcher=launcher,
+        trial_image=trainer_image,
+        gpus_per_trial=gpus_per_trial,
+        node_selector=gpu_node_selector,
+        tolerations=gpu_tolerations,
+        pending_timeout=pending_timeout,
+        bucket=bucket,
+        keep_top=keep_top,
+        finetune_top=finetune_top,
+        db_secret=db_secret,
+        s3_secret=s3_secret,
     )
     search.set_display_name("search agent").set_container_image(agent_image).set_retry(3, backoff_duration="60s")
     search.set_cpu_request("1").set_memory_request("4Gi").set_memory_limit("16Gi")
@@ -159,8 +189,12 @@ def search_pipeline(
     with dsl.If(finetune_top > 0, name="finetune-and-ensemble"):
         with dsl.ParallelFor(search.outputs["ranks"], name="top-k") as rank:
             tuned = finetune(
-                experiment=search.outputs["experiment"], rank=rank, bucket=bucket, epochs=finetune_epochs,
-                schedule=finetune_schedule, gpus=gpus_per_trial,
+                experiment=search.outputs["experiment"],
+                rank=rank,
+                bucket=bucket,
+                epochs=finetune_epochs,
+                schedule=finetune_schedule,
+                gpus=gpus_per_trial,
             )
             tuned.set_display_name("finetune").set_container_image(trainer_image).set_retry(2, backoff_duration="60s")
             tuned.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus_per_trial)
@@ -173,7 +207,9 @@ def search_pipeline(
         scored.set_cpu_request("1").set_memory_request("4Gi").set_memory_limit("16Gi")
         _common(scored, "agent", db_secret, s3_secret)
 
-    outputs = NamedTuple("SearchPipelineOutputs", [("experiment", str), ("leaderboard", Markdown), ("search_metrics", Metrics)])
+    outputs = NamedTuple(
+        "SearchPipelineOutputs", [("experiment", str), ("leaderboard", Markdown), ("search_metrics", Metrics)]
+    )
     return outputs(search.outputs["experiment"], search.outputs["leaderboard"], search.outputs["metrics"])
 
 
@@ -235,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     local_cmd = sub.add_parser("local", help="run the compiled pipeline with kfp.local (digits, local launcher)")
     local_cmd.add_argument("--root", type=Path, required=True, help="kfp.local pipeline root (step outputs)")
     local_cmd.add_argument("--bucket", required=True, help="artifact store URL, e.g. file:///abs/dir")
-    local_cmd.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="pipeline arguments overriding LOCAL_ARGUMENTS")
+    local_cmd.add_argument(
+        "arguments", nargs="*", metavar="KEY=VALUE", help="pipeline arguments overriding LOCAL_ARGUMENTS"
+    )
     args = parser.parse_args(argv)
     if args.command == "compile":
         print(compile_pipeline(args.out))
@@ -261,7 +299,7 @@ def _parameter_value(text: str) -> Any:
 
 def local_summary(outputs: dict[str, Any], arguments: dict[str, Any]) -> str:
     """What a local run produced and where: leaderboard, best accuracy, ensemble, models."""
-    from nasagent.artifacts import experiment_key, open_artifacts
+    from nasagent.persistence.artifacts import experiment_key, open_artifacts
 
     name, bucket = outputs["experiment"], arguments["bucket"]
     lines = [
@@ -272,8 +310,10 @@ def local_summary(outputs: dict[str, Any], arguments: dict[str, Any]) -> str:
     key = experiment_key(name, "reports", "ensemble.json")
     if store.exists(key):
         report = json.loads(store.get_bytes(key))
-        lines.append(f"  ensemble     test accuracy {report['ensemble_test_accuracy']:.4f} of the top {len(report['members'])} "
-                     f"(best single model {report['best_single_test_accuracy']:.4f})")
+        lines.append(
+            f"  ensemble     test accuracy {report['ensemble_test_accuracy']:.4f} of the top {len(report['members'])} "
+            f"(best single model {report['best_single_test_accuracy']:.4f})"
+        )
     lines.append(f"  models       nasagent models list --experiment {name} --artifacts {bucket}")
     return "\n".join(lines)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from nasagent.runners.function import FunctionRunner
-from nasagent.trial import TrialOutcome
+from nasagent.core.trial import TrialOutcome
+from nasagent.execution.function import FunctionRunner
 
 
 class CrashAfter(FunctionRunner):

@@ -11,14 +11,14 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from nasagent.store import Store, embedded_url, stop_embedded
-from nasagent.store.databases import create_database, drop_database
+from nasagent.persistence import Store, embedded_url, stop_embedded
+from nasagent.persistence.databases import create_database, drop_database
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nasagent.runners.cluster import outcome_to_json
-from nasagent.runners.kfp_runs import PipelineApiError
-from nasagent.runners.kubernetes import KubeApiError, WatchExpired
-from nasagent.store.postgres import Store
-from nasagent.trial import TrialOutcome
+from nasagent.core.trial import TrialOutcome, outcome_to_json
+from nasagent.execution.kfp import PipelineApiError
+from nasagent.execution.kubernetes import KubeApiError, WatchExpired
+from nasagent.persistence.postgres import Store
+
 
 # A pod "reports" a trial like nasagent trial does: this accuracy, so tests can tell results apart.
 def reported_accuracy(trial_id: int, attempt: int) -> float:
@@ -55,7 +55,7 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 
 
 class FakeKubernetes:
-    """A FAKE of ``nasagent.runners.kubernetes.KubernetesApi`` (see the module docstring).
+    """A FAKE of ``nasagent.execution.kubernetes.KubernetesApi`` (see the module docstring).
 
     ``script(trial_id, attempt)`` names what the Job of that attempt does; ``report(trial_id,
     attempt)`` is called when a "succeed" pod finishes, to write the trial's result as the real
@@ -63,8 +63,13 @@ class FakeKubernetes:
     alive (not finished) at any moment.
     """
 
-    def __init__(self, clock: Callable[[], float], advance: Callable[[float], None], script: Callable[[int, int], str] | None = None,
-                 report: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        advance: Callable[[float], None],
+        script: Callable[[int, int], str] | None = None,
+        report: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.clock = clock
         self.advance = advance
         self.script = script or (lambda trial, attempt: "succeed")
@@ -108,7 +113,9 @@ class FakeKubernetes:
         jobs = [copy.deepcopy(j) for j in self.jobs.values() if _matches(j["metadata"]["labels"], label_selector)]
         return jobs, str(self.rv)
 
-    def watch_jobs(self, namespace: str, label_selector: str, resource_version: str | None, timeout_seconds: int) -> Iterator[dict[str, Any]]:
+    def watch_jobs(
+        self, namespace: str, label_selector: str, resource_version: str | None, timeout_seconds: int
+    ) -> Iterator[dict[str, Any]]:
         self.watch_calls.append(resource_version)
         fault, after = self.faults.pop(0) if self.faults else ("", 0)
         if fault == "gone":
@@ -145,16 +152,22 @@ class FakeKubernetes:
 
     @staticmethod
     def _finished(job: dict[str, Any]) -> bool:
-        return any(c["status"] == "True" and c["type"] in ("Complete", "Failed") for c in job["status"].get("conditions", []))
+        return any(
+            c["status"] == "True" and c["type"] in ("Complete", "Failed") for c in job["status"].get("conditions", [])
+        )
 
     def _plan(self, name: str, trial: int, attempt: int) -> list[str]:
         what = self.script(trial, attempt)
         self._pod(name, "Pending")
         if what == "pending":
-            self.pods[name]["status"]["conditions"] = [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-            }]
+            self.pods[name]["status"]["conditions"] = [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
             return []
         if what == "vanish":
             return ["vanish"]
@@ -193,25 +206,55 @@ class FakeKubernetes:
             job["status"].update(active=1, ready=1)
             self._emit("MODIFIED", name)
             return
-        failed = {"status": "True", "type": "Failed", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+        failed = {
+            "status": "True",
+            "type": "Failed",
+            "reason": "BackoffLimitExceeded",
+            "message": "Job has reached the specified backoff limit",
+        }
         if what in ("succeed", "no-result"):
             if what == "succeed":
                 self.report(trial, attempt)
-            pod["status"] = {"phase": "Succeeded", "containerStatuses": [{"name": "trial", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}
+            pod["status"] = {
+                "phase": "Succeeded",
+                "containerStatuses": [
+                    {"name": "trial", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+                ],
+            }
             job["status"] = {"succeeded": 1, "conditions": [{"status": "True", "type": "Complete"}]}
         elif what == "oom":
-            pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trial", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}
+            pod["status"] = {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {"name": "trial", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+                ],
+            }
             job["status"] = {"failed": 1, "conditions": [failed]}
         elif what == "evict":
             pod["status"] = {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
             job["status"] = {"failed": 1, "conditions": [failed]}
         elif what == "exit":
             message = "Traceback (most recent call last):\n  ...\nnasagent: error: database postgresql://x: connection refused\n"
-            pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trial", "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": message}}}]}
+            pod["status"] = {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {"name": "trial", "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": message}}}
+                ],
+            }
             job["status"] = {"failed": 1, "conditions": [failed]}
         elif what == "deadline":
             del self.pods[name]
-            job["status"] = {"failed": 1, "conditions": [{"status": "True", "type": "Failed", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}
+            job["status"] = {
+                "failed": 1,
+                "conditions": [
+                    {
+                        "status": "True",
+                        "type": "Failed",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }
+                ],
+            }
         else:
             raise AssertionError(f"unknown script step {what!r}")
         self._emit("MODIFIED", name)
@@ -243,7 +286,12 @@ class SubprocessKubernetes(FakeKubernetes):
 
     def _plan(self, name: str, trial: int, attempt: int) -> list[str]:
         container = self.jobs[name]["spec"]["template"]["spec"]["containers"][0]
-        env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(self.workdir), "HOSTNAME": f"{name}-pod", "OMP_NUM_THREADS": "1"}
+        env = {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "HOME": str(self.workdir),
+            "HOSTNAME": f"{name}-pod",
+            "OMP_NUM_THREADS": "1",
+        }
         for var in container["env"]:
             if "value" in var:
                 env[var["name"]] = var["value"]
@@ -258,7 +306,9 @@ class SubprocessKubernetes(FakeKubernetes):
         self.jobs[name]["status"].update(active=1, ready=1)
         self.logs[name] = self.workdir / f"{name}.log"
         with open(self.logs[name], "wb") as log:
-            self.processes[name] = subprocess.Popen(container["command"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.processes[name] = subprocess.Popen(
+                container["command"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         return []
 
     def step(self) -> bool:
@@ -272,8 +322,15 @@ class SubprocessKubernetes(FakeKubernetes):
                 continue
             tail = self.logs[name].read_text(errors="replace")[-2048:]
             terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": tail}
-            self.pods[name]["status"] = {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{"name": "trial", "state": {"terminated": terminated}}]}
-            condition = {"status": "True", "type": "Complete"} if code == 0 else {"status": "True", "type": "Failed", "reason": "BackoffLimitExceeded"}
+            self.pods[name]["status"] = {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "containerStatuses": [{"name": "trial", "state": {"terminated": terminated}}],
+            }
+            condition = (
+                {"status": "True", "type": "Complete"}
+                if code == 0
+                else {"status": "True", "type": "Failed", "reason": "BackoffLimitExceeded"}
+            )
             self.jobs[name]["status"] = {"succeeded" if code == 0 else "failed": 1, "conditions": [condition]}
             self._emit("MODIFIED", name)
             moved = True
@@ -295,7 +352,7 @@ class SubprocessKubernetes(FakeKubernetes):
 
 
 class FakePipelines:
-    """A FAKE of ``nasagent.runners.kfp_runs.PipelineClient`` (no KFP server can run here).
+    """A FAKE of ``nasagent.execution.kfp.PipelineClient`` (no KFP server can run here).
 
     ``script(trial_id, attempt)`` lists the states that successive ``run_state`` calls of that
     run return (the last one repeats); "ERR" raises a transient API error instead. When a run
@@ -316,7 +373,13 @@ class FakePipelines:
         assert Path(package_path).is_file(), "the trial pipeline must be compiled before runs start"
         run_id = f"run-{len(self.runs) + 1}"
         states = list(self.script(arguments["trial_id"], arguments["attempt"]))
-        self.runs[run_id] = {"experiment_id": experiment_id, "name": run_name, "arguments": arguments, "states": states, "reported": False}
+        self.runs[run_id] = {
+            "experiment_id": experiment_id,
+            "name": run_name,
+            "arguments": arguments,
+            "states": states,
+            "reported": False,
+        }
         return run_id
 
     def run_state(self, run_id: str) -> tuple[str, str | None]:
@@ -340,8 +403,15 @@ def pod_reporter(db_url: str) -> tuple[Callable[[int, int], None], Store]:
     store = Store.connect(db_url)
 
     def report(trial_id: int, attempt: int) -> None:
-        outcome = TrialOutcome(trial_id, "done", reported_accuracy(trial_id, attempt), params=1234, train_seconds=2.5,
-                               worker=f"pod-{trial_id}-{attempt}", info={"epochs_run": 1})
+        outcome = TrialOutcome(
+            trial_id,
+            "done",
+            reported_accuracy(trial_id, attempt),
+            params=1234,
+            train_seconds=2.5,
+            worker=f"pod-{trial_id}-{attempt}",
+            info={"epochs_run": 1},
+        )
         with store.transaction() as tx:
             tx.save_trial_result(trial_id, attempt, outcome_to_json(outcome))
 
@@ -353,9 +423,16 @@ class FakeApiServer:
     real adapter ``ClientApi`` runs through the official client: list, watch (one event, then
     ``410 Gone`` for an old resourceVersion), create (then 403), delete (404), pods, one pod."""
 
-    JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "nas-e-1-1-abcde", "resourceVersion": "7", "labels": {"nasagent.io/trial": "1"}},
-           "spec": {"backoffLimit": 0, "template": {"spec": {"containers": [{"name": "trial", "image": "i"}], "restartPolicy": "Never"}}},
-           "status": {"ready": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    JOB = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "nas-e-1-1-abcde", "resourceVersion": "7", "labels": {"nasagent.io/trial": "1"}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {"containers": [{"name": "trial", "image": "i"}], "restartPolicy": "Never"}},
+        },
+        "status": {"ready": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+    }
 
     def __init__(self) -> None:
         import http.server
@@ -382,9 +459,22 @@ class FakeApiServer:
                 server.requests.append(("GET", self.path))
                 if "/jobs" in self.path and "watch=True" in self.path:
                     if "resourceVersion=1&" in self.path or self.path.endswith("resourceVersion=1"):
-                        lines = [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version: 1 (7)"}}]
+                        lines = [
+                            {
+                                "type": "ERROR",
+                                "object": {
+                                    "kind": "Status",
+                                    "code": 410,
+                                    "reason": "Expired",
+                                    "message": "too old resource version: 1 (7)",
+                                },
+                            }
+                        ]
                     else:
-                        lines = [{"type": "MODIFIED", "object": FakeApiServer.JOB}, {"type": "BOOKMARK", "object": {"kind": "Job", "metadata": {"resourceVersion": "9"}}}]
+                        lines = [
+                            {"type": "MODIFIED", "object": FakeApiServer.JOB},
+                            {"type": "BOOKMARK", "object": {"kind": "Job", "metadata": {"resourceVersion": "9"}}},
+                        ]
                     data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -392,28 +482,63 @@ class FakeApiServer:
                     self.end_headers()
                     self.wfile.write(data)
                 elif "/jobs" in self.path:
-                    self._send(200, {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {"resourceVersion": "8"}, "items": [FakeApiServer.JOB]})
+                    self._send(
+                        200,
+                        {
+                            "kind": "JobList",
+                            "apiVersion": "batch/v1",
+                            "metadata": {"resourceVersion": "8"},
+                            "items": [FakeApiServer.JOB],
+                        },
+                    )
                 elif self.path.startswith("/api/v1/namespaces/nas/pods/"):
-                    self._send(200, {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "agent", "uid": "uid-123"}})
+                    self._send(
+                        200, {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "agent", "uid": "uid-123"}}
+                    )
                 else:
-                    pod = {"metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
-                           "status": {"phase": "Failed", "containerStatuses": [{"name": "trial", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
-                                                                                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
-                    self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "8"}, "items": [pod]})
+                    pod = {
+                        "metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
+                        "status": {
+                            "phase": "Failed",
+                            "containerStatuses": [
+                                {
+                                    "name": "trial",
+                                    "image": "i",
+                                    "imageID": "",
+                                    "ready": False,
+                                    "restartCount": 0,
+                                    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                                }
+                            ],
+                        },
+                    }
+                    self._send(
+                        200,
+                        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "8"}, "items": [pod]},
+                    )
 
             def do_POST(self) -> None:
                 server.requests.append(("POST", self.path))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.created += 1
                 if server.created > 1:
-                    self._send(403, {"kind": "Status", "code": 403, "reason": "Forbidden",
-                                     "message": 'jobs.batch is forbidden: User "system:serviceaccount:nas:default" cannot create resource "jobs"'})
+                    self._send(
+                        403,
+                        {
+                            "kind": "Status",
+                            "code": 403,
+                            "reason": "Forbidden",
+                            "message": 'jobs.batch is forbidden: User "system:serviceaccount:nas:default" cannot create resource "jobs"',
+                        },
+                    )
                 else:
                     self._send(201, body)
 
             def do_DELETE(self) -> None:
                 server.requests.append(("DELETE", self.path))
-                self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": 'jobs.batch "gone" not found'})
+                self._send(
+                    404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": 'jobs.batch "gone" not found'}
+                )
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

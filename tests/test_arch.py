@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from nasagent.arch import FC, GAP, Architecture, Conv, Pool, Softmax
+from nasagent.core.arch import FC, GAP, Architecture, Conv, Pool, Softmax
 from nasagent.errors import ConfigError
 
 
@@ -28,8 +28,18 @@ def test_digest_is_stable_and_distinguishes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["C(64,3,1), SM(10)", "[C(64,3), SM(10)]", "[C(64,3,1)]", "[SM(10), C(64,3,1)]", "[FC(128), C(8,3,1), SM(10)]",
-     "[FC(128), GAP(10)]", "[X(1), SM(10)]", "[C(0,3,1), SM(10)]", "[C(64,3,1) junk, SM(10)]", "[]"],
+    [
+        "C(64,3,1), SM(10)",
+        "[C(64,3), SM(10)]",
+        "[C(64,3,1)]",
+        "[SM(10), C(64,3,1)]",
+        "[FC(128), C(8,3,1), SM(10)]",
+        "[FC(128), GAP(10)]",
+        "[X(1), SM(10)]",
+        "[C(0,3,1), SM(10)]",
+        "[C(64,3,1) junk, SM(10)]",
+        "[]",
+    ],
 )
 def test_malformed_architectures_are_rejected(text: str) -> None:
     with pytest.raises(ConfigError):

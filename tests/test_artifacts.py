@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from s3_helpers import S3Server, s3_env, s3_server  # noqa: F401  (fixtures)
 
-from nasagent.artifacts import ArtifactError, ArtifactStore, FileArtifactStore, S3ArtifactStore, open_artifacts
+from nasagent.persistence.artifacts import (
+    ArtifactError,
+    ArtifactStore,
+    FileArtifactStore,
+    S3ArtifactStore,
+    open_artifacts,
+)
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -46,8 +52,14 @@ def test_missing_keys(artifacts: ArtifactStore, tmp_path: Path) -> None:
 
 
 def test_listing_with_prefixes(artifacts: ArtifactStore) -> None:
-    keys = ["a/checkpoints/trial-10.pt", "a/checkpoints/trial-2.pt", "a/finetuned/rank-1/model.json",
-            "a/reports/finetune.json", "ab/reports/x.json", "datasets/digits/x.npz"]
+    keys = [
+        "a/checkpoints/trial-10.pt",
+        "a/checkpoints/trial-2.pt",
+        "a/finetuned/rank-1/model.json",
+        "a/reports/finetune.json",
+        "ab/reports/x.json",
+        "datasets/digits/x.npz",
+    ]
     for key in reversed(keys):
         artifacts.put_bytes(key, key.encode())
     assert artifacts.list() == sorted(keys)
@@ -60,8 +72,13 @@ def test_listing_with_prefixes(artifacts: ArtifactStore) -> None:
 
 
 def test_delete_and_delete_prefix(artifacts: ArtifactStore) -> None:
-    for key in ["e/finetuned/rank-1/model.json", "e/finetuned/rank-1/weights.pt", "e/finetuned/rank-2/model.json",
-                "e/checkpoints/trial-3.pt", "e2/finetuned/rank-1/model.json"]:
+    for key in [
+        "e/finetuned/rank-1/model.json",
+        "e/finetuned/rank-1/weights.pt",
+        "e/finetuned/rank-2/model.json",
+        "e/checkpoints/trial-3.pt",
+        "e2/finetuned/rank-1/model.json",
+    ]:
         artifacts.put_bytes(key, b"x")
     artifacts.delete("e/checkpoints/trial-3.pt")
     assert not artifacts.exists("e/checkpoints/trial-3.pt")
@@ -112,13 +129,16 @@ def test_default_location_and_environment(tmp_path: Path, monkeypatch: pytest.Mo
     assert open_artifacts(None).url == f"file://{tmp_path / 'elsewhere'}"
 
 
-@pytest.mark.parametrize("url, words", [
-    ("ftp://host/x", "must start with file:/// or s3://"),
-    ("/plain/path", "must start with file:/// or s3://"),
-    ("file://relative/path", "must be file:///ABSOLUTE/PATH"),
-    ("s3://A_Bad_Bucket/x", "not a valid S3 bucket name"),
-    ("s3://good-bucket/x", "needs the S3 endpoint in NASAGENT_S3_ENDPOINT"),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("ftp://host/x", "must start with file:/// or s3://"),
+        ("/plain/path", "must start with file:/// or s3://"),
+        ("file://relative/path", "must be file:///ABSOLUTE/PATH"),
+        ("s3://A_Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("s3://good-bucket/x", "needs the S3 endpoint in NASAGENT_S3_ENDPOINT"),
+    ],
+)
 def test_bad_urls_are_one_line_errors(url: str, words: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NASAGENT_S3_ENDPOINT", raising=False)
     with pytest.raises(ArtifactError) as info:
@@ -151,19 +171,30 @@ def test_credentials_fall_back_to_aws_variables(s3_server: S3Server, monkeypatch
     assert (s3_server.root / s3_server.bucket / "aws-fallback" / "k").read_bytes() == b"v"
 
 
-def test_wrong_secret_is_one_line_access_denied(s3_server: S3Server, s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_secret_is_one_line_access_denied(
+    s3_server: S3Server, s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     open_artifacts(s3_env).put_bytes("k", b"v")
     monkeypatch.setenv("NASAGENT_S3_SECRET_KEY", "not-the-secret")
     store = open_artifacts(s3_env)
-    for action in (lambda: store.get_bytes("k"), lambda: store.list(), lambda: store.put_bytes("k2", b"x"), lambda: store.exists("k")):
+    for action in (
+        lambda: store.get_bytes("k"),
+        lambda: store.list(),
+        lambda: store.put_bytes("k2", b"x"),
+        lambda: store.exists("k"),
+    ):
         with pytest.raises(ArtifactError) as info:
             action()
         message = str(info.value)
-        assert message.startswith("access denied to s3://") and "NASAGENT_S3_SECRET_KEY" in message and "\n" not in message
+        assert (
+            message.startswith("access denied to s3://") and "NASAGENT_S3_SECRET_KEY" in message and "\n" not in message
+        )
         assert "not-the-secret" not in message
 
 
-def test_missing_bucket_and_unreachable_server(s3_server: S3Server, s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_bucket_and_unreachable_server(
+    s3_server: S3Server, s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = open_artifacts("s3://no-such-bucket/x")
     for action in (lambda: store.get_bytes("k"), lambda: store.put_bytes("k", b"x"), lambda: store.exists("k")):
         with pytest.raises(ArtifactError, match="no bucket 'no-such-bucket'"):

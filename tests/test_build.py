@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from nasagent.arch import FC, GAP, Architecture, Conv, Pool, Softmax
-from nasagent.build import BuildOptions, Normalize, build_model, count_params, output_size, same_padding
+from nasagent.core.arch import FC, GAP, Architecture, Conv, Pool, Softmax, output_size, same_padding
 from nasagent.errors import ConfigError
+from nasagent.training.build import BuildOptions, build_model, count_params
+from nasagent.training.normalize import Normalize
 
 
 def arch(text: str) -> Architecture:

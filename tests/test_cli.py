@@ -13,17 +13,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasagent.store.postgres import Store
+from nasagent.persistence.postgres import Store
 
 
 def nasagent(*args: str, db: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "NASAGENT_DB": db, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def search_args(name: str, trials: int = 4, workers: int = 2, *extra: str) -> list[str]:
-    return ["search", "--experiment", name, "--dataset", "digits", "--space", "metaqnn-small", "--trials", str(trials),
-            "--epochs", "1", "--workers", str(workers), "--seed", "0", *extra]
+    return [
+        "search",
+        "--experiment",
+        name,
+        "--dataset",
+        "digits",
+        "--space",
+        "metaqnn-small",
+        "--trials",
+        str(trials),
+        "--epochs",
+        "1",
+        "--workers",
+        str(workers),
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -57,7 +75,9 @@ def test_search_status_and_top_end_to_end(db_url: str) -> None:
 def test_kill_9_loses_nothing_and_trains_nothing_twice(db_url: str) -> None:
     env = {**os.environ, "NASAGENT_DB": db_url}
     args = search_args("killed", 8, 1)
-    proc = subprocess.Popen([sys.executable, "-m", "nasagent.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasagent.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     with Store.connect(db_url) as store:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -124,12 +144,16 @@ def test_bad_data_file_is_one_line_and_exit_2(db_url: str, tmp_path: Path) -> No
 
 
 def test_unreachable_or_malformed_database_is_one_line_and_exit_2(db_url: str) -> None:
-    assert_one_line_error(nasagent("status", "--experiment", "x", "--db", "postgresql://nobody@127.0.0.1:1/db", db=db_url), "cannot reach")
+    assert_one_line_error(
+        nasagent("status", "--experiment", "x", "--db", "postgresql://nobody@127.0.0.1:1/db", db=db_url), "cannot reach"
+    )
     assert_one_line_error(nasagent("status", "--experiment", "x", "--db", "mysql://h/db", db=db_url), "postgresql://")
 
 
 def test_rejected_input_leaves_no_experiment_behind(db_url: str, tmp_path: Path) -> None:
-    bad = nasagent("search", "--experiment", "oops", "--strategy", "reinforce", "--option", "depht=3", "--trials", "2", db=db_url)
+    bad = nasagent(
+        "search", "--experiment", "oops", "--strategy", "reinforce", "--option", "depht=3", "--trials", "2", db=db_url
+    )
     assert_one_line_error(bad, "depht")
     missing = nasagent("search", "--experiment", "oops", "--dataset", f"npz:{tmp_path / 'none.npz'}", db=db_url)
     assert_one_line_error(missing, "none.npz")

@@ -18,13 +18,10 @@ import pytest
 import torch
 from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures)
 
-from nasagent.agent import Progress
-from nasagent.arch import Architecture
-from nasagent.artifacts import ArtifactError, ArtifactStore, open_artifacts
 from nasagent.cli import main
 from nasagent.config import SearchConfig
+from nasagent.core.arch import Architecture
 from nasagent.errors import ConfigError
-from nasagent.finetune import finetune_experiment
 from nasagent.kubeflow import (
     artifacts_url,
     check_trial_secrets,
@@ -34,11 +31,14 @@ from nasagent.kubeflow import (
     search_argv,
     toleration_flags,
 )
-from nasagent.leaderboard import LeaderboardPublisher, leaderboard_keys
-from nasagent.models import finetuned_prefix, list_models
-from nasagent.prepared import dataset_name, prepare_dataset, val_size_value
-from nasagent.store.postgres import Store
+from nasagent.persistence.artifacts import ArtifactError, ArtifactStore, open_artifacts
+from nasagent.persistence.postgres import Store
+from nasagent.results.finetune import finetune_experiment
+from nasagent.search.leaderboard import LeaderboardPublisher, leaderboard_keys
+from nasagent.search.loop import Progress
 from nasagent.training.data import load_dataset
+from nasagent.training.models import finetuned_prefix, list_models
+from nasagent.training.prepared import dataset_name, prepare_dataset, val_size_value
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
@@ -115,7 +115,10 @@ def test_prepare_from_and_load_through_a_real_s3_server(tmp_path: Path, s3_env: 
 
 def test_prepare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"file://{tmp_path}/art"
-    assert main(["prepare", "--dataset", "digits", "--val-size", "0.25", "--artifacts", url, "--data-dir", str(tmp_path)]) == 0
+    assert (
+        main(["prepare", "--dataset", "digits", "--val-size", "0.25", "--artifacts", url, "--data-dir", str(tmp_path)])
+        == 0
+    )
     out, err = capsys.readouterr()
     spec = out.strip()
     assert spec.startswith(f"prepared:{url}/datasets/digits/") and "train 1078, val 360, test 359; stored at" in err
@@ -166,18 +169,30 @@ class FailingStore(ArtifactStore):
     put_file = get_bytes = get_file = exists = list = delete = None  # type: ignore[assignment]
 
 
-def test_leaderboard_is_published_when_a_trial_finishes(tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    finished_experiment(store, "live", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[C(8,3,1), SM(10)]", "failed", 0.1)])
+def test_leaderboard_is_published_when_a_trial_finishes(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    finished_experiment(
+        store,
+        "live",
+        [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[C(8,3,1), SM(10)]", "failed", 0.1)],
+    )
     artifacts = open_artifacts(f"file://{tmp_path}")
     publisher = LeaderboardPublisher(store, artifacts, "live", k=2)
     json_key, md_key = leaderboard_keys("live")
 
     publisher(Progress(budget=4, unique_finished=3, failed=1))
     document = json.loads(artifacts.get_bytes(json_key))
-    assert [(r["rank"], r["arch"], r["accuracy"]) for r in document["top"]] == [(1, "[FC(32), SM(10)]", 0.9), (2, "[SM(10)]", 0.7)]
+    assert [(r["rank"], r["arch"], r["accuracy"]) for r in document["top"]] == [
+        (1, "[FC(32), SM(10)]", 0.9),
+        (2, "[SM(10)]", 0.7),
+    ]
     assert document["status"]["unique_trained"] == 3 and document["status"]["failed"] == 1
     markdown = artifacts.get_bytes(md_key).decode()
-    assert "3 of 4 models trained, 1 failed" in markdown and "| 1 | 0.9000 | 1,000 | 1.00 | `[FC(32), SM(10)]` |" in markdown
+    assert (
+        "3 of 4 models trained, 1 failed" in markdown
+        and "| 1 | 0.9000 | 1,000 | 1.00 | `[FC(32), SM(10)]` |" in markdown
+    )
 
     artifacts.delete(json_key)
     publisher(Progress(budget=4, unique_finished=3, failed=1, trials_done=9))  # replay hits only: nothing new
@@ -219,24 +234,45 @@ def test_artifact_urls_experiment_names_and_secrets(monkeypatch: pytest.MonkeyPa
 
 def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture) -> None:
     common = dict(
-        experiment="e", dataset="prepared:s3://b/datasets/digits/x.npz", space="metaqnn-small", strategy="qlearning",
-        trials=0, schedule="paper", epochs=20, seed=0, parallelism=8, trial_image="reg/nasagent-trainer:1",
-        gpus_per_trial=1, node_selector={"nvidia.com/gpu.present": "true"},
-        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                     {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}],
-        pending_timeout=1200, artifacts="s3://b", keep_top=10,
+        experiment="e",
+        dataset="prepared:s3://b/datasets/digits/x.npz",
+        space="metaqnn-small",
+        strategy="qlearning",
+        trials=0,
+        schedule="paper",
+        epochs=20,
+        seed=0,
+        parallelism=8,
+        trial_image="reg/nasagent-trainer:1",
+        gpus_per_trial=1,
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"},
+        ],
+        pending_timeout=1200,
+        artifacts="s3://b",
+        keep_top=10,
     )
     argv = search_argv(launcher="kubernetes", **common)
     assert "--trials" not in argv  # 0: the whole schedule
     text = " ".join(argv)
-    for expected in ("--launcher kubernetes", "--parallelism 8", "--trial-image reg/nasagent-trainer:1", "--gpus-per-trial 1",
-                     "--pending-timeout 1200", "--node-selector nvidia.com/gpu.present=true",
-                     "--toleration nvidia.com/gpu:NoSchedule", "--toleration pool=gpu:NoExecute", "--artifacts s3://b"):
+    for expected in (
+        "--launcher kubernetes",
+        "--parallelism 8",
+        "--trial-image reg/nasagent-trainer:1",
+        "--gpus-per-trial 1",
+        "--pending-timeout 1200",
+        "--node-selector nvidia.com/gpu.present=true",
+        "--toleration nvidia.com/gpu:NoSchedule",
+        "--toleration pool=gpu:NoExecute",
+        "--artifacts s3://b",
+    ):
         assert expected in text
     # The CLI accepts exactly this command line (it fails later, at the cluster, not at the flags).
-    from nasagent.cli import _build_parser
+    from nasagent.cli import build_parser
 
-    parsed = _build_parser().parse_args(argv)
+    parsed = build_parser().parse_args(argv)
     assert parsed.toleration == ["nvidia.com/gpu:NoSchedule", "pool=gpu:NoExecute"] and parsed.gpus_per_trial == 1
 
     with caplog.at_level(logging.WARNING):
@@ -249,10 +285,15 @@ def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture)
 
 
 def test_ranks_to_finetune_drop_models_of_an_earlier_larger_top(tmp_path: Path, store: Store) -> None:
-    finished_experiment(store, "ft", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[FC(8), SM(10)]", "done", 0.5)])
+    finished_experiment(
+        store, "ft", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7), ("[FC(8), SM(10)]", "done", 0.5)]
+    )
     artifacts = open_artifacts(f"file://{tmp_path}")
     for rank in (1, 2, 3, 4):  # models of an earlier run with finetune_top 4
-        artifacts.put_bytes(finetuned_prefix("ft", rank) + "model.json", json.dumps({"format": "nasagent-model/1", "rank": rank}).encode())
+        artifacts.put_bytes(
+            finetuned_prefix("ft", rank) + "model.json",
+            json.dumps({"format": "nasagent-model/1", "rank": rank}).encode(),
+        )
     assert finetune_ranks(store, "ft", artifacts, 2) == [1, 2]
     assert [m["rank"] for m in list_models(artifacts, "ft")] == [1, 2]
     assert finetune_ranks(store, "ft", artifacts, 10) == [1, 2, 3]  # only 3 finished trials
@@ -260,8 +301,9 @@ def test_ranks_to_finetune_drop_models_of_an_earlier_larger_top(tmp_path: Path, 
     assert list_models(artifacts, "ft") == []
 
 
-def test_finetune_of_one_rank_refuses_ranks_that_do_not_exist(tmp_path: Path, store: Store, db_url: str,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_finetune_of_one_rank_refuses_ranks_that_do_not_exist(
+    tmp_path: Path, store: Store, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     finished_experiment(store, "one", [("[FC(32), SM(10)]", "done", 0.9), ("[SM(10)]", "done", 0.7)])
     artifacts = open_artifacts(f"file://{tmp_path}")
     with pytest.raises(ConfigError, match="--rank must be at least 1"):
@@ -280,7 +322,9 @@ def test_a_model_whose_finetuning_failed_leaves_its_reason_as_the_model_artifact
 # -- a component, run for real --------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")  # it runs in this Python on purpose
+@pytest.mark.filterwarnings(
+    "ignore:You may be attemping to run a task:RuntimeWarning"
+)  # it runs in this Python on purpose
 def test_trial_component_runs_standalone_under_kfp_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``trial`` component, executed by kfp.local's SubprocessRunner in this environment
     (standalone mode: no database), trains its architecture and reports metrics and the outcome."""

@@ -253,7 +253,9 @@ def test_cifar10_from_python_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyP
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     batches = {}
-    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]):
+    for i, name in enumerate(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    ):
         images = fake_images(10, (3, 32, 32), i)  # channel planes, as in the real files
         batches[name] = images
         entry = {"data": images.reshape(10, 3072), "labels": list(range(10)), "batch_label": name}

@@ -10,16 +10,17 @@ import pytest
 import torch
 from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures)
 
-from nasagent.arch import Architecture
-from nasagent.artifacts import open_artifacts
-from nasagent.build import BuildOptions, build_model
-from nasagent.checkpoints import CheckpointKeeper, checkpoint_ids, load_checkpoint, save_checkpoint, search_keeper
 from nasagent.cli import main
+from nasagent.core.arch import Architecture
 from nasagent.errors import ConfigError
-from nasagent.finetune import default_epochs, parse_schedule, resolve_schedule, scale_schedule
-from nasagent.models import model_metadata, restore_module
-from nasagent.store.postgres import Store
+from nasagent.persistence.artifacts import open_artifacts
+from nasagent.persistence.postgres import Store
+from nasagent.results.finetune import default_epochs, parse_schedule, resolve_schedule, scale_schedule
+from nasagent.search.keeper import CheckpointKeeper, search_keeper
+from nasagent.training.build import BuildOptions, build_model
+from nasagent.training.checkpoints import checkpoint_ids, load_checkpoint, save_checkpoint
 from nasagent.training.data import load_dataset
+from nasagent.training.models import model_metadata, restore_module
 from nasagent.training.trainer import TrainConfig, lr_at, train_architecture
 
 CIFAR = ((0.025, 40), (0.0125, 40), (0.0001, 160), (0.00001, 60))
@@ -68,8 +69,11 @@ def test_trainer_follows_lr_steps_and_restarts_scale_them() -> None:
     with pytest.raises(ConfigError, match="lr_steps must be"):
         TrainConfig(epochs=1, lr_steps=((0.0, 1),))
     digits = load_dataset("digits", Path("."), seed=0)
-    result = train_architecture(Architecture.parse("[FC(32), SM(10)]"), digits, TrainConfig(
-        epochs=3, lr=0.025, lr_steps=((0.025, 1), (0.0125, 1), (0.0001, 1)), threads=1))
+    result = train_architecture(
+        Architecture.parse("[FC(32), SM(10)]"),
+        digits,
+        TrainConfig(epochs=3, lr=0.025, lr_steps=((0.025, 1), (0.0125, 1), (0.0001, 1)), threads=1),
+    )
     assert result.lrs == [0.025, 0.0125, 0.0001] and result.accuracy > 0.8
 
 
@@ -152,15 +156,39 @@ def assert_one_line_error(result: tuple[int, str, str], words: str) -> None:
 
 
 def test_search_finetune_ensemble_and_models_end_to_end(
-    store: Store, db_url: str, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    store: Store,
+    db_url: str,
+    s3_env: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     monkeypatch.setenv("NASAGENT_DB", db_url)
     monkeypatch.delenv("NASAGENT_ARTIFACTS", raising=False)
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE)
     art = ("--artifacts", s3_env)
-    code, _, err = run(capsys, "search", "--experiment", "e", "--dataset", "digits", "--space", str(space), "--trials", "6",
-                       "--epochs", "1", "--workers", "2", "--seed", "0", *art, "--keep-top", "2")
+    code, _, err = run(
+        capsys,
+        "search",
+        "--experiment",
+        "e",
+        "--dataset",
+        "digits",
+        "--space",
+        str(space),
+        "--trials",
+        "6",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--seed",
+        "0",
+        *art,
+        "--keep-top",
+        "2",
+    )
     assert code == 0, err
     experiment = store.get_experiment("e")
     top = store.top(experiment.id, 3)
@@ -181,7 +209,9 @@ def test_search_finetune_ensemble_and_models_end_to_end(
     assert report["schedule"] == [[0.025, 1], [0.0125, 1]] and report["test_size"] == 359
     models = report["models"]
     assert [(m["rank"], m["trial_id"], m["arch"]) for m in models] == [(i + 1, t.id, t.arch) for i, t in enumerate(top)]
-    assert all(m["status"] == "done" and m["location"] == f"{artifacts.url}/e/finetuned/rank-{m['rank']}/" for m in models)
+    assert all(
+        m["status"] == "done" and m["location"] == f"{artifacts.url}/e/finetuned/rank-{m['rank']}/" for m in models
+    )
     assert max(m["test_accuracy"] for m in models) > 0.5  # two epochs of §5's first phases learn digits
     assert err.count("rank ") == 3  # one progress line per model
 
@@ -202,7 +232,9 @@ def test_search_finetune_ensemble_and_models_end_to_end(
 
     code, out, _ = run(capsys, "models", "list", "--experiment", "e", "--json", *art)
     assert code == 0 and [r["rank"] for r in json.loads(out)] == [1, 2, 3]
-    code, _, err = run(capsys, "models", "pull", "--experiment", "e", "--rank", "1", "--out", str(tmp_path / "best"), *art)
+    code, _, err = run(
+        capsys, "models", "pull", "--experiment", "e", "--rank", "1", "--out", str(tmp_path / "best"), *art
+    )
     assert code == 0, err
     from nasagent import load_model
 
@@ -218,12 +250,20 @@ def test_search_finetune_ensemble_and_models_end_to_end(
     assert_one_line_error(run(capsys, "finetune", "--experiment", "nope", *art), "unknown experiment 'nope'")
     assert_one_line_error(run(capsys, "finetune", "--experiment", "empty", *art), "has no finished trial")
     assert_one_line_error(run(capsys, "finetune", "--experiment", "e", "--top", "0", *art), "--top must be at least 1")
-    assert_one_line_error(run(capsys, "finetune", "--experiment", "e", "--schedule", "fast", *art), "--schedule must be")
+    assert_one_line_error(
+        run(capsys, "finetune", "--experiment", "e", "--schedule", "fast", *art), "--schedule must be"
+    )
     assert_one_line_error(run(capsys, "ensemble", "--experiment", "empty", *art), "no finetuned models or checkpoints")
-    assert_one_line_error(run(capsys, "ensemble", "--experiment", "e", "--artifacts", "gs://bucket/x"), "must start with")
-    assert_one_line_error(run(capsys, "models", "pull", "--experiment", "e", "--rank", "4", "--out", str(tmp_path / "x"), *art),
-                          "no finetuned model of rank 4")
+    assert_one_line_error(
+        run(capsys, "ensemble", "--experiment", "e", "--artifacts", "gs://bucket/x"), "must start with"
+    )
+    assert_one_line_error(
+        run(capsys, "models", "pull", "--experiment", "e", "--rank", "4", "--out", str(tmp_path / "x"), *art),
+        "no finetuned model of rank 4",
+    )
     # A wrong secret stops a search before anything is created or trained.
     monkeypatch.setenv("NASAGENT_S3_SECRET_KEY", "wrong")
-    assert_one_line_error(run(capsys, "search", "--experiment", "e2", "--dataset", "digits", "--trials", "2", *art), "access denied")
+    assert_one_line_error(
+        run(capsys, "search", "--experiment", "e2", "--dataset", "digits", "--trials", "2", *art), "access denied"
+    )
     assert store.find_experiment("e2") is None

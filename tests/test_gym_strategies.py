@@ -7,27 +7,28 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
+from agent_helpers import CrashAfter
 
-from nasagent.agent import Agent
 from nasagent.cli import main
 from nasagent.config import SearchConfig
-from nasagent.envs.driver import EnvStrategy, Lane, RandomNSCStrategy
+from nasagent.core.nsc import CONV, NSCNetwork
 from nasagent.envs.nas_env import A_TERMINAL, NSCSpace
 from nasagent.envs.nas_env import step as env_step
 from nasagent.errors import ConfigError
-from nasagent.nsc import CONV, NSCNetwork
-from nasagent.runners.function import FunctionRunner
-from nasagent.store.postgres import Store
+from nasagent.execution.function import FunctionRunner
+from nasagent.persistence.postgres import Store
+from nasagent.search.loop import Agent
 from nasagent.strategies.dqn import DQNConfig, DQNStrategy
+from nasagent.strategies.env_driver import EnvStrategy, Lane
 from nasagent.strategies.meta_a2c import MetaA2CStrategy, load_policy, save_policy_from_state
-from nasagent.strategies.meta_a2c import from_config as meta_a2c_from_config
-from agent_helpers import CrashAfter
+from nasagent.strategies.meta_a2c import from_context as meta_a2c_from_context
+from nasagent.strategies.random_nsc import RandomNSCStrategy
 
 SPACE = NSCSpace((1, 8, 8), 10, depth=6, tau=6)
 SMALL = NSCSpace((1, 8, 8), 10, depth=4, tau=6, multi_branch=True)
@@ -91,7 +92,9 @@ def random_scores() -> tuple[float, float]:
 
 
 @pytest.mark.parametrize(("name", "steps"), [("meta-a2c", 600), ("dqn", 1000)])
-def test_learner_beats_random_search_on_a_known_reward(name: str, steps: int, random_scores: tuple[float, float]) -> None:
+def test_learner_beats_random_search_on_a_known_reward(
+    name: str, steps: int, random_scores: tuple[float, float]
+) -> None:
     last, best = scores(name, steps)  # DQN, ε-greedy from scratch, needs a few more steps
     random_last, random_best = random_scores
     optimum = toy(NSCNetwork.parse("NSC[" + ", ".join(f"({i},1,3,{i - 1},0)" for i in range(1, 7)) + "; HEAD(10)]"))
@@ -127,9 +130,9 @@ def test_state_dict_round_trip_continues_exactly(name: str, space: NSCSpace) -> 
 # -- through the agent and PostgreSQL --------------------------------------------------------------
 
 
-
-
-def agent(store: Store, name: str, strategy: EnvStrategy, budget: int, runner: FunctionRunner | None = None) -> tuple[Agent, FunctionRunner]:
+def agent(
+    store: Store, name: str, strategy: EnvStrategy, budget: int, runner: FunctionRunner | None = None
+) -> tuple[Agent, FunctionRunner]:
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
     runner = runner or FunctionRunner(toy, 1)
     return Agent(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
@@ -178,17 +181,18 @@ def test_one_answer_completes_every_lane_waiting_on_that_network() -> None:
 
 
 def test_search_config_selects_the_gym_strategies() -> None:
-    from nasagent.strategies.registry import make_strategy
 
     for name, cls in (("meta-a2c", MetaA2CStrategy), ("dqn", DQNStrategy), ("random-nsc", RandomNSCStrategy)):
-        strategy = make_strategy(SearchConfig(strategy=name, trials=20, options={"depth": 5, "multi_branch": True}), (1, 8, 8), 10)
+        strategy = SearchConfig(strategy=name, trials=20, options={"depth": 5, "multi_branch": True}).make_strategy(
+            (1, 8, 8), 10
+        )
         assert isinstance(strategy, cls) and strategy.space.depth == 5 and strategy.space.n_actions == 14
-    dqn = make_strategy(SearchConfig(strategy="dqn", trials=40), (1, 8, 8), 10)
+    dqn = SearchConfig(strategy="dqn", trials=40).make_strategy((1, 8, 8), 10)
     assert dqn.config.t_max == 400 and dqn.config.buffer_size == 200 and dqn.epsilon_now() == 1.0
     with pytest.raises(ConfigError, match="not a setting"):
-        make_strategy(SearchConfig(strategy="dqn", trials=5, options={"policy": "x"}), (1, 8, 8), 10)
+        SearchConfig(strategy="dqn", trials=5, options={"policy": "x"}).make_strategy((1, 8, 8), 10)
     with pytest.raises(ConfigError, match="multi_branch"):
-        make_strategy(SearchConfig(strategy="random-nsc", trials=5, options={"multi_branch": "maybe"}), (1, 8, 8), 10)
+        SearchConfig(strategy="random-nsc", trials=5, options={"multi_branch": "maybe"}).make_strategy((1, 8, 8), 10)
 
 
 def test_dqn_epsilon_falls_linearly_to_its_floor() -> None:
@@ -209,7 +213,7 @@ def test_a_trained_policy_runs_fixed_on_a_new_problem(tmp_path: Path) -> None:
     policy = tmp_path / "policy.pt"
     save_policy_from_state(json.loads(json.dumps(trained.state_dict())), policy)
     config = SearchConfig(strategy="meta-a2c", trials=10, options={"policy": str(policy)})
-    fixed = meta_a2c_from_config(config, (3, 16, 16), 4)  # another data shape and class count
+    fixed = meta_a2c_from_context(config.strategy_context((3, 16, 16), 4))  # another data shape and class count
     assert not fixed.config.learn and fixed.space.depth == SPACE.depth and fixed.space.tau == SPACE.tau
     before = {k: v.clone() for k, v in fixed.net.state_dict().items()}
     assert all(torch.equal(before[k], v) for k, v in trained.net.state_dict().items())
@@ -232,7 +236,9 @@ def test_policy_files_are_checked(tmp_path: Path) -> None:
     bad.write_text("not a policy")
 
     def build(options: dict) -> MetaA2CStrategy:
-        return meta_a2c_from_config(SearchConfig(strategy="meta-a2c", trials=5, options=options), (1, 8, 8), 10)
+        return meta_a2c_from_context(
+            SearchConfig(strategy="meta-a2c", trials=5, options=options).strategy_context((1, 8, 8), 10)
+        )
 
     assert build({"policy": str(policy), "learn": True}).config.learn
     with pytest.raises(ConfigError, match="does not match the policy"):
@@ -268,8 +274,22 @@ def test_meta_train_then_search_with_the_fixed_policy_on_an_unseen_dataset(db_ur
     a, b = tiny_npz(tmp_path / "a.npz", False), tiny_npz(tmp_path / "b.npz", True)
     out = tmp_path / "policy.pt"
     common = ["--epochs", "1", "--workers", "1", "--db", db_url, "--data-dir", str(tmp_path), "--device", "cpu"]
-    code = main(["meta-train", "--datasets", f"npz:{a},npz:{b}", "--trials-per-dataset", "2", "--out", str(out),
-                 "--experiment", "m", "--option", "depth=3", *common])
+    code = main(
+        [
+            "meta-train",
+            "--datasets",
+            f"npz:{a},npz:{b}",
+            "--trials-per-dataset",
+            "2",
+            "--out",
+            str(out),
+            "--experiment",
+            "m",
+            "--option",
+            "depth=3",
+            *common,
+        ]
+    )
     assert code == 0 and out.exists()
     printed = capsys.readouterr().out
     assert "m-1-a: 2 networks" in printed and "m-2-b: 2 networks" in printed
@@ -281,10 +301,26 @@ def test_meta_train_then_search_with_the_fixed_policy_on_an_unseen_dataset(db_ur
         assert second.config["options"] == {"depth": 3, "learn": True, "policy": str(out)}
         assert all(t.status == "done" and t.arch.startswith("NSC[") for t in store.trials(second.id))
         weights, settings, _ = load_policy(out)  # the file holds the policy the last dataset ended with
-        last = torch.load(io.BytesIO(base64.b64decode(store.load_agent_state(second.id)[1]["learner"]["blob"])), weights_only=True)
+        last = torch.load(
+            io.BytesIO(base64.b64decode(store.load_agent_state(second.id)[1]["learner"]["blob"])), weights_only=True
+        )
         assert settings["depth"] == 3 and all(torch.equal(weights[k], v) for k, v in last["net"].items())
-        code = main(["search", "--experiment", "eval", "--strategy", "meta-a2c", "--policy", str(out), "--trials", "2",
-                     "--dataset", "digits", *common])
+        code = main(
+            [
+                "search",
+                "--experiment",
+                "eval",
+                "--strategy",
+                "meta-a2c",
+                "--policy",
+                str(out),
+                "--trials",
+                "2",
+                "--dataset",
+                "digits",
+                *common,
+            ]
+        )
         assert code == 0
         state = store.load_agent_state(store.get_experiment("eval").id)[1]
         assert state["summary"]["learning"] == 0 and state["summary"]["updates"] == 0
@@ -292,7 +328,28 @@ def test_meta_train_then_search_with_the_fixed_policy_on_an_unseen_dataset(db_ur
         assert len(store.trials(store.get_experiment("eval").id)) == 2
     finally:
         store.close()
-    assert main(["search", "--experiment", "bad", "--strategy", "meta-a2c", "--policy", str(tmp_path / "nope.pt"),
-                 "--trials", "2", "--db", db_url, "--data-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "search",
+                "--experiment",
+                "bad",
+                "--strategy",
+                "meta-a2c",
+                "--policy",
+                str(tmp_path / "nope.pt"),
+                "--trials",
+                "2",
+                "--db",
+                db_url,
+                "--data-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
-    assert main(["meta-train", "--datasets", "digits", "--trials-per-dataset", "0", "--out", str(out), "--db", db_url]) == 2
+    assert (
+        main(["meta-train", "--datasets", "digits", "--trials-per-dataset", "0", "--out", str(out), "--db", db_url])
+        == 2
+    )

@@ -16,12 +16,12 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -137,7 +137,11 @@ def test_installs_only_locked_hashed_dependencies(image: str) -> None:
     assert len(pip_runs) == 2
     locked, project = pip_runs
     assert f"-r requirements/{image}.lock" in locked and "--require-hashes" in locked and "--no-deps" in locked
-    assert "--no-deps" in project and "--no-build-isolation" in project and project.split("pip install")[1].split("&&")[0].rstrip().endswith(" .")
+    assert (
+        "--no-deps" in project
+        and "--no-build-isolation" in project
+        and project.split("pip install")[1].split("&&")[0].rstrip().endswith(" .")
+    )
     assert f"requirements/{image}.lock requirements/{image}.lock" in args_of(image, "COPY")[0]
 
 
@@ -151,7 +155,9 @@ def test_trainer_never_reinstalls_torch() -> None:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_build_context_carries_what_the_dockerfile_copies(image: str) -> None:
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
 
     def excluded(relative: str) -> bool:
         """Whether .dockerignore keeps ``relative`` out of the build context."""
@@ -172,7 +178,13 @@ def test_build_context_carries_what_the_dockerfile_copies(image: str) -> None:
             assert not excluded(source), f"COPY {source}: excluded by .dockerignore"
     package = [str(p.relative_to(REPO)) for p in (REPO / "nasagent").rglob("*.py") if "__pycache__" not in p.parts]
     assert package and not any(excluded(p) for p in package)
-    for outside in (".venv/bin/python", "tests/test_images.py", ".git/HEAD", ".nasagent/db", "nasagent/__pycache__/x.pyc"):
+    for outside in (
+        ".venv/bin/python",
+        "tests/test_images.py",
+        ".git/HEAD",
+        ".nasagent/db",
+        "nasagent/__pycache__/x.pyc",
+    ):
         assert excluded(outside), outside
 
 
@@ -189,7 +201,9 @@ def test_lock_satisfies_pyproject(image: str) -> None:
         if name == "torch":
             continue
         assert name in entries, f"{image}.lock lacks {req}: run make images-lock"
-        assert req.specifier.contains(entries[name][0], prereleases=True), f"{image}.lock has {name}=={entries[name][0]}, pyproject wants {req}"
+        assert req.specifier.contains(entries[name][0], prereleases=True), (
+            f"{image}.lock has {name}=={entries[name][0]}, pyproject wants {req}"
+        )
     for name, (_, hashes) in entries.items():
         assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
 
@@ -216,24 +230,42 @@ def test_lock_tool_drops_only_what_torch_alone_needs() -> None:
     graph = [
         locked("nasagent-dep", ("numpy", "shared"), requested=True),
         locked("torch", ("shared", "sympy", "nvidia-cublas"), requested=True),
-        locked("numpy"), locked("shared"), locked("sympy", ("mpmath",)), locked("mpmath"), locked("nvidia-cublas"),
+        locked("numpy"),
+        locked("shared"),
+        locked("sympy", ("mpmath",)),
+        locked("mpmath"),
+        locked("nvidia-cublas"),
     ]
     kept = {item.name for item in lock_tool.without_exclusive_deps(graph, "torch")}
     assert kept == {"nasagent-dep", "numpy", "shared"}
 
 
 def test_lock_tool_reads_pips_report_with_markers_and_extras() -> None:
-    def item(name: str, requires: list[str], extras: list[str] | None = None, requested: bool = False) -> dict[str, Any]:
-        entry = {"metadata": {"name": name, "version": "1.0", "requires_dist": requires}, "requested": requested,
-                 "download_info": {"url": f"https://x/{name}.whl", "archive_info": {"hashes": {"sha256": "ab" * 32}}}}
+    def item(
+        name: str, requires: list[str], extras: list[str] | None = None, requested: bool = False
+    ) -> dict[str, Any]:
+        entry = {
+            "metadata": {"name": name, "version": "1.0", "requires_dist": requires},
+            "requested": requested,
+            "download_info": {"url": f"https://x/{name}.whl", "archive_info": {"hashes": {"sha256": "ab" * 32}}},
+        }
         if extras:
             entry["requested_extras"] = extras
         return entry
 
-    report = {"install": [
-        item("App", ["Lib>=1", "never; python_version < '3'", "extra-dep; extra == 'fast'", "absent"], extras=["fast"], requested=True),
-        item("lib", []), item("extra_dep", []), item("never", []),
-    ]}
+    report = {
+        "install": [
+            item(
+                "App",
+                ["Lib>=1", "never; python_version < '3'", "extra-dep; extra == 'fast'", "absent"],
+                extras=["fast"],
+                requested=True,
+            ),
+            item("lib", []),
+            item("extra_dep", []),
+            item("never", []),
+        ]
+    }
     parsed = {p.name: p for p in lock_tool.parse_report(report)}
     assert parsed["app"].requires == {"lib", "extra-dep"} and parsed["app"].requested
     assert parsed["lib"].sha256 == "ab" * 32 and not parsed["lib"].requested
@@ -253,7 +285,9 @@ def test_lock_tool_insists_on_one_pinned_torch() -> None:
 
 def make(*args: str) -> subprocess.CompletedProcess[str]:
     """``make ARGS`` at the repository root, output captured."""
-    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_make_images_builds_both_from_the_repository_root() -> None:
@@ -264,7 +298,11 @@ def test_make_images_builds_both_from_the_repository_root() -> None:
         "docker build -f images/agent/Dockerfile -t registry.example.com/ml/nasagent-agent:1.2.3 .",
         "docker build -f images/trainer/Dockerfile -t registry.example.com/ml/nasagent-trainer:1.2.3 .",
     ]
-    pushes = [line for line in make("-n", "images-push", "DOCKER=docker", "REGISTRY=r.example/x", "TAG=t").stdout.splitlines() if line.startswith("docker push")]
+    pushes = [
+        line
+        for line in make("-n", "images-push", "DOCKER=docker", "REGISTRY=r.example/x", "TAG=t").stdout.splitlines()
+        if line.startswith("docker push")
+    ]
     assert pushes == ["docker push r.example/x/nasagent-agent:t", "docker push r.example/x/nasagent-trainer:t"]
 
 

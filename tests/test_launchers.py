@@ -12,21 +12,31 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from launcher_helpers import (
+    FakeApiServer,
+    FakeClock,
+    FakeKubernetes,
+    FakePipelines,
+    SubprocessKubernetes,
+    pod_reporter,
+    reported_accuracy,
+)
 
-from nasagent.arch import Architecture
 from nasagent.cli import main
 from nasagent.config import SearchConfig
-from nasagent.store.databases import create_database, drop_database
+from nasagent.core.arch import Architecture
+from nasagent.core.trial import TrialOutcome, TrialSpec, trial_seed
 from nasagent.errors import ConfigError
-from nasagent.runners.cluster import ClusterError, LauncherSettings, label_value, launcher_settings, parse_toleration
-from nasagent.runners.kfp_runs import KfpRunner, compile_trial_pipeline, trial_pipeline
-from nasagent.runners.kubernetes import (
+from nasagent.execution.cluster import ClusterError, LauncherSettings, label_value, parse_toleration
+from nasagent.execution.kfp import KfpRunner, compile_trial_pipeline, trial_pipeline
+from nasagent.execution.kubernetes import (
     ClientApi,
     KubeApiError,
     KubernetesRunner,
@@ -36,12 +46,18 @@ from nasagent.runners.kubernetes import (
     load_job_template,
     trial_job,
 )
-from nasagent.store.postgres import Store
-from nasagent.trial import TrialOutcome, TrialSpec, trial_seed
-from launcher_helpers import FakeApiServer, FakeClock, FakeKubernetes, FakePipelines, SubprocessKubernetes, pod_reporter, reported_accuracy
+from nasagent.execution.launchers import launcher_settings
+from nasagent.persistence.databases import create_database, drop_database
+from nasagent.persistence.postgres import Store
 
 K8S_VERSION = "1.30.0"
-ARCHS = ["[C(8,3,1), SM(10)]", "[C(16,3,1), SM(10)]", "[C(8,1,1), SM(10)]", "[C(16,1,1), SM(10)]", "[C(32,3,1), SM(10)]"]
+ARCHS = [
+    "[C(8,3,1), SM(10)]",
+    "[C(16,3,1), SM(10)]",
+    "[C(8,1,1), SM(10)]",
+    "[C(16,1,1), SM(10)]",
+    "[C(32,3,1), SM(10)]",
+]
 
 
 def make_trials(store: Store, n: int, epochs: int = 1, name: str | None = None) -> list[TrialSpec]:
@@ -59,8 +75,15 @@ def make_trials(store: Store, n: int, epochs: int = 1, name: str | None = None) 
 
 
 def settings(**changes: Any) -> LauncherSettings:
-    values: dict[str, Any] = dict(experiment="exp", image="registry.example/nasagent:1.0", namespace="nas", parallelism=2,
-                                  pending_timeout=60, trial_timeout=600, max_retries=2)
+    values: dict[str, Any] = dict(
+        experiment="exp",
+        image="registry.example/nasagent:1.0",
+        namespace="nas",
+        parallelism=2,
+        pending_timeout=60,
+        trial_timeout=600,
+        max_retries=2,
+    )
     return LauncherSettings(**{**values, **changes})
 
 
@@ -118,9 +141,12 @@ def k8s_runner(api: FakeKubernetes, clock: FakeClock, store: Store, **changes: A
 
 
 def test_job_spec_is_valid_kubernetes_and_carries_the_contract() -> None:
-    launcher = settings(gpus_per_trial=2, node_selector={"nvidia.com/gpu.product": "A100"},
-                        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"), parse_toleration("team=nas:NoExecute")),
-                        artifacts="s3://bucket/nas")
+    launcher = settings(
+        gpus_per_trial=2,
+        node_selector={"nvidia.com/gpu.product": "A100"},
+        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"), parse_toleration("team=nas:NoExecute")),
+        artifacts="s3://bucket/nas",
+    )
     owner = {"apiVersion": "v1", "kind": "Pod", "name": "agent-0", "uid": "0c4b1f1e-0000-4000-8000-000000000001"}
     job = trial_job(launcher, 42, 3, job_name("exp", 42, 3, "ab12c"), owner)
     assert kubernetes_validate.validate(job, K8S_VERSION, strict=True) == "1.30"
@@ -132,16 +158,25 @@ def test_job_spec_is_valid_kubernetes_and_carries_the_contract() -> None:
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (0, 600, 3600)
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                                  {"key": "team", "operator": "Equal", "value": "nas", "effect": "NoExecute"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "team", "operator": "Equal", "value": "nas", "effect": "NoExecute"},
+    ]
     assert job["metadata"]["ownerReferences"] == [owner]
     labels = spec["template"]["metadata"]["labels"]
     assert labels == {**job["metadata"]["labels"]} and labels["nasagent.io/trial"] == "42"
     assert {k: labels[k] for k in ("app.kubernetes.io/part-of", "nasagent.io/role", "nasagent.io/experiment")} == {
-        "app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "trial", "nasagent.io/experiment": "exp"}
+        "app.kubernetes.io/part-of": "nasagent",
+        "nasagent.io/role": "trial",
+        "nasagent.io/experiment": "exp",
+    }
     env = {e["name"]: e for e in container["env"]}
     assert env["NASAGENT_DB"]["valueFrom"] == {"secretKeyRef": {"name": "nasagent-db", "key": "url"}}
-    assert env["NASAGENT_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "nasagent-s3", "key": "secret_key", "optional": True}
+    assert env["NASAGENT_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "nasagent-s3",
+        "key": "secret_key",
+        "optional": True,
+    }
     assert env["NASAGENT_ATTEMPT"]["value"] == "3" and env["NASAGENT_ARTIFACTS"]["value"] == "s3://bucket/nas"
     # The validator is strict: a misspelt field is rejected, so the checks above mean something.
     job["spec"]["backofLimit"] = 0
@@ -154,7 +189,9 @@ def test_any_experiment_name_gives_valid_names_and_labels() -> None:
         launcher = settings(experiment=name, gpus_per_trial=0)
         job = trial_job(launcher, 123456789, 10, job_name(name, 123456789, 10, "f00ba"))
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
-        assert len(job["metadata"]["name"]) <= 63 and "resources" not in job["spec"]["template"]["spec"]["containers"][0]
+        assert (
+            len(job["metadata"]["name"]) <= 63 and "resources" not in job["spec"]["template"]["spec"]["containers"][0]
+        )
         assert job["spec"]["template"]["spec"]["containers"][0]["command"][3] == name  # the real name, not the label
     assert label_value("exp-1") == "exp-1"
     assert label_value("a b") != label_value("a/b"), "names that sanitise alike still get distinct labels"
@@ -197,30 +234,53 @@ def test_jobs_are_built_on_the_admins_template(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(TEMPLATE)
     template = load_job_template(str(path))
-    launcher = settings(job_template=template, gpus_per_trial=2, tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),),
-                        node_selector={"pool": "a100"})
+    launcher = settings(
+        job_template=template,
+        gpus_per_trial=2,
+        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),),
+        node_selector={"pool": "a100"},
+    )
     job = trial_job(launcher, 7, 1, job_name("exp", 7, 1, "ab12c"))
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
     # The admin's settings stay ...
     assert job["spec"]["ttlSecondsAfterFinished"] == 7200 and job["metadata"]["labels"]["team"] == "vision"
-    assert job["spec"]["template"]["metadata"]["annotations"] == {
-        "sidecar.istio.io/inject": "false",  # the template's
-        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",  # the launcher's default, kept where the template is silent
-    }
+    assert (
+        job["spec"]["template"]["metadata"]["annotations"]
+        == {
+            "sidecar.istio.io/inject": "false",  # the template's
+            "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",  # the launcher's default, kept where the template is silent
+        }
+    )
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["volumes"] == [{"name": "home", "emptyDir": {}}]
-    assert container["securityContext"] == {"readOnlyRootFilesystem": True} and container["volumeMounts"][0]["name"] == "home"
+    assert (
+        container["securityContext"] == {"readOnlyRootFilesystem": True}
+        and container["volumeMounts"][0]["name"] == "home"
+    )
     assert {"name": "NASAGENT_HOME", "value": "/var/lib/nasagent"} in container["env"]
     # ... and the launcher's win where the contract needs them.
     assert (job["spec"]["backoffLimit"], pod["restartPolicy"], container["name"]) == (0, "Never", "trial")
-    assert container["command"] == ["nasagent", "trial", "--experiment", "exp", "--trial-id", "7"] and "args" not in container
-    assert [e for e in container["env"] if e["name"] == "NASAGENT_S3_ENDPOINT"][0]["valueFrom"]["secretKeyRef"]["optional"] is True
-    assert container["resources"] == {"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 2}, "limits": {"memory": "24Gi", "nvidia.com/gpu": 2}}
+    assert (
+        container["command"] == ["nasagent", "trial", "--experiment", "exp", "--trial-id", "7"]
+        and "args" not in container
+    )
+    assert [e for e in container["env"] if e["name"] == "NASAGENT_S3_ENDPOINT"][0]["valueFrom"]["secretKeyRef"][
+        "optional"
+    ] is True
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 2},
+        "limits": {"memory": "24Gi", "nvidia.com/gpu": 2},
+    }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true", "pool": "a100"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], "no duplicate"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}], (
+        "no duplicate"
+    )
     cpu_job = trial_job(settings(job_template=template, gpus_per_trial=0), 7, 1, "nas-exp-7-1-ab12c")
-    assert cpu_job["spec"]["template"]["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "24Gi"}}
+    assert cpu_job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"memory": "24Gi"},
+    }
     assert template["spec"]["backoffLimit"] == 4, "the template itself is not changed"
 
 
@@ -240,7 +300,10 @@ def test_the_repositorys_trial_templates_give_valid_jobs(relative: str) -> None:
         (None, "cannot read --trial-template"),
         ("a: [b", "is not YAML"),
         ("apiVersion: v1\nkind: Pod\n", "must be a batch/v1 Job"),
-        ("apiVersion: batch/v1\nkind: Job\nspec: {template: {spec: {containers: [{name: a}, {name: b}]}}}\n", "exactly one container, has 2"),
+        (
+            "apiVersion: batch/v1\nkind: Job\nspec: {template: {spec: {containers: [{name: a}, {name: b}]}}}\n",
+            "exactly one container, has 2",
+        ),
     ],
 )
 def test_a_bad_trial_template_is_a_config_error(tmp_path: Path, text: str | None, words: str) -> None:
@@ -292,7 +355,10 @@ def test_a_trial_that_keeps_failing_does_not_stop_the_others(store: Store, repor
         ("deadline", "timed out: the Job ran longer than --trial-timeout 600s (DeadlineExceeded)"),
         ("no-result", "the trial finished without reporting a result to trial_results"),
         ("vanish", "the Job was deleted before the trial finished"),
-        ("pending", "pending for more than --pending-timeout 60s: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+        (
+            "pending",
+            "pending for more than --pending-timeout 60s: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        ),
     ],
 )
 def test_a_failed_attempt_is_retried_with_its_reason(store: Store, reporter, script: str, words: str) -> None:
@@ -380,8 +446,14 @@ def test_refusals_no_retry_fixes_are_one_line_errors_and_transient_ones_are_retr
     specs = make_trials(store, 2)
     with k8s_runner(api, clock, store) as runner:
         outcome = run_all(runner, specs[:1])[specs[0].trial_id]
-        assert outcome.info["attempt_failures"] == ["attempt 1: could not start: creating Job: 503 etcdserver: leader changed"]
-        refusals.append(KubeApiError(403, 'creating Job: 403 jobs.batch is forbidden: User "system:serviceaccount:nas:default" cannot create'))
+        assert outcome.info["attempt_failures"] == [
+            "attempt 1: could not start: creating Job: 503 etcdserver: leader changed"
+        ]
+        refusals.append(
+            KubeApiError(
+                403, 'creating Job: 403 jobs.batch is forbidden: User "system:serviceaccount:nas:default" cannot create'
+            )
+        )
         with pytest.raises(ClusterError, match="cannot create trial Jobs in namespace nas: .*forbidden"):
             runner.submit(specs[1])
 
@@ -391,7 +463,12 @@ def test_owner_reference_is_the_agent_pod_in_the_same_namespace() -> None:
     api, _ = fake_cluster()
     cluster = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "POD_NAMESPACE": "nas", "POD_NAME": "search-abc"}
     assert agent_owner(api, "nas", {}) is None, "outside a cluster there is no pod to own the Jobs"
-    assert agent_owner(api, "nas", {**cluster, "POD_UID": "u-1"}) == {"apiVersion": "v1", "kind": "Pod", "name": "search-abc", "uid": "u-1"}
+    assert agent_owner(api, "nas", {**cluster, "POD_UID": "u-1"}) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "search-abc",
+        "uid": "u-1",
+    }
     assert agent_owner(api, "nas", cluster)["uid"] == "uid-of-search-abc"
     assert agent_owner(api, "elsewhere", {**cluster, "POD_UID": "u-1"}) is None, "owners cannot span namespaces"
 
@@ -401,7 +478,9 @@ def test_owner_reference_is_the_agent_pod_in_the_same_namespace() -> None:
 
 def test_launcher_flags_are_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NASAGENT_TRIAL_IMAGE", "img:2")
-    made = launcher_settings("kubernetes", "e", 3, {"node_selector": ["pool=gpu"], "tolerations": ["gpu=yes:NoSchedule"], "max_retries": 0})
+    made = launcher_settings(
+        "kubernetes", "e", 3, {"node_selector": ["pool=gpu"], "tolerations": ["gpu=yes:NoSchedule"], "max_retries": 0}
+    )
     assert made is not None and (made.image, made.parallelism, made.max_retries) == ("img:2", 3, 0)
     assert made.node_selector == {"pool": "gpu"} and made.tolerations[0]["value"] == "yes"
     assert launcher_settings("local", "e", 2, {"image": None, "node_selector": []}) is None
@@ -415,15 +494,26 @@ def test_launcher_flags_are_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) 
     [
         (["--launcher", "local", "--trial-image", "img"], "--trial-image: only for --launcher kubernetes or kfp"),
         (["--launcher", "kubernetes"], "needs --trial-image"),
-        (["--launcher", "kubernetes", "--trial-image", "i", "--node-selector", "pool"], "--node-selector expects KEY=VALUE"),
+        (
+            ["--launcher", "kubernetes", "--trial-image", "i", "--node-selector", "pool"],
+            "--node-selector expects KEY=VALUE",
+        ),
         (["--launcher", "kfp", "--trial-image", "i", "--gpus-per-trial", "-1"], "--gpus-per-trial must be at least 0"),
         (["--launcher", "kubernetes", "--trial-image", "i", "--parallelism", "2", "--workers", "3"], "disagree"),
-        (["--launcher", "kfp", "--trial-image", "i", "--trial-template", "job.yaml"], "--trial-template: only for --launcher kubernetes"),
-        (["--launcher", "kubernetes", "--trial-image", "i", "--trial-template", "/nonexistent/job.yaml"], "cannot read --trial-template"),
+        (
+            ["--launcher", "kfp", "--trial-image", "i", "--trial-template", "job.yaml"],
+            "--trial-template: only for --launcher kubernetes",
+        ),
+        (
+            ["--launcher", "kubernetes", "--trial-image", "i", "--trial-template", "/nonexistent/job.yaml"],
+            "cannot read --trial-template",
+        ),
         (["--launcher", "slurm"], "--launcher"),
     ],
 )
-def test_bad_launcher_flags_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], words: str) -> None:
+def test_bad_launcher_flags_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], words: str
+) -> None:
     monkeypatch.delenv("NASAGENT_TRIAL_IMAGE", raising=False)
     try:
         code = main(["search", "--experiment", "x", *args])
@@ -433,11 +523,28 @@ def test_bad_launcher_flags_exit_2_with_one_line(capsys: pytest.CaptureFixture[s
     assert code == 2 and len(err) == 1 and words in err[0], err
 
 
-def test_no_cluster_configuration_is_one_line(shared_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_cluster_configuration_is_one_line(
+    shared_db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
-    code = main(["search", "--experiment", "no-cluster", "--db", shared_db_url, "--trials", "1", "--epochs", "1",
-                 "--launcher", "kubernetes", "--trial-image", "img:1"])
+    code = main(
+        [
+            "search",
+            "--experiment",
+            "no-cluster",
+            "--db",
+            shared_db_url,
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+            "--launcher",
+            "kubernetes",
+            "--trial-image",
+            "img:1",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no Kubernetes configuration" in err[0], err
 
@@ -446,8 +553,12 @@ def test_no_cluster_configuration_is_one_line(shared_db_url: str, capsys: pytest
 
 
 def test_trial_pipeline_compiles_with_the_platform_settings(tmp_path: Path) -> None:
-    launcher = settings(gpus_per_trial=1, node_selector={"pool": "gpu"}, tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),),
-                        artifacts="s3://b/p")
+    launcher = settings(
+        gpus_per_trial=1,
+        node_selector={"pool": "gpu"},
+        tolerations=(parse_toleration("nvidia.com/gpu:NoSchedule"),),
+        artifacts="s3://b/p",
+    )
     pipeline_doc, platform_doc = yaml.safe_load_all(compile_trial_pipeline(launcher, tmp_path / "p.yaml").read_text())
     assert set(pipeline_doc["root"]["inputDefinitions"]["parameters"]) == {"experiment", "trial_id", "attempt"}
     [executor] = pipeline_doc["deploymentSpec"]["executors"].values()
@@ -465,7 +576,9 @@ def test_trial_pipeline_compiles_with_the_platform_settings(tmp_path: Path) -> N
     assert config["podMetadata"]["labels"]["nasagent.io/experiment"] == "exp"
 
 
-def test_trial_pipeline_runs_under_kfp_local_and_reports_the_trial(store: Store, shared_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trial_pipeline_runs_under_kfp_local_and_reports_the_trial(
+    store: Store, shared_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kfp import local
 
     [spec] = make_trials(store, 1, name="kfp-local")
@@ -485,12 +598,17 @@ def test_trial_pipeline_runs_under_kfp_local_and_reports_the_trial(store: Store,
 
 
 def kfp_runner(client: FakePipelines, store: Store, clock: FakeClock, **changes: Any) -> KfpRunner:
-    return KfpRunner(client, store, settings(**changes), num_classes=10, clock=clock, sleep=clock.sleep, poll_seconds=10.0)
+    return KfpRunner(
+        client, store, settings(**changes), num_classes=10, clock=clock, sleep=clock.sleep, poll_seconds=10.0
+    )
 
 
 def test_kfp_runs_in_an_experiment_named_after_the_search(store: Store, reporter) -> None:
     """FAKE KFP client: three trials, two runs at a time, outcomes from real PostgreSQL."""
-    client, clock = FakePipelines(lambda trial, attempt: ["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"], reporter), FakeClock()
+    client, clock = (
+        FakePipelines(lambda trial, attempt: ["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"], reporter),
+        FakeClock(),
+    )
     specs = make_trials(store, 3)
     with kfp_runner(client, store, clock) as runner:
         outcomes = run_all(runner, specs)
@@ -513,9 +631,14 @@ def test_kfp_runs_in_an_experiment_named_after_the_search(store: Store, reporter
         (["RUNNING", "CANCELED"], 1, "failed", "run canceled in KFP"),
     ],
 )
-def test_kfp_run_states_are_retried_or_recorded(store: Store, reporter, first: list[str], runs: int, status: str, words: str | None) -> None:
+def test_kfp_run_states_are_retried_or_recorded(
+    store: Store, reporter, first: list[str], runs: int, status: str, words: str | None
+) -> None:
     """FAKE KFP client: how attempt 1's run states end; attempt 2 always succeeds."""
-    client, clock = FakePipelines(lambda trial, attempt: first if attempt == 1 else ["SUCCEEDED"], reporter), FakeClock()
+    client, clock = (
+        FakePipelines(lambda trial, attempt: first if attempt == 1 else ["SUCCEEDED"], reporter),
+        FakeClock(),
+    )
     [spec] = make_trials(store, 1)
     with kfp_runner(client, store, clock) as runner:
         outcome = run_all(runner, [spec])[spec.trial_id]
@@ -552,14 +675,16 @@ def tiny_space(directory: Path) -> Path:
     return path
 
 
-def test_a_search_runs_end_to_end_through_the_kubernetes_launcher(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_search_runs_end_to_end_through_the_kubernetes_launcher(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAKE Kubernetes API whose kubelet runs each Job's command (``nasagent trial --experiment
     --trial-id``) as a real process with the Job's environment: the real CLI wiring, agent,
     launcher, trial command and PostgreSQL, as in a cluster."""
-    from nasagent.search import run_search
+    from nasagent.search.run import run_search
 
     cluster = SubprocessKubernetes({"nasagent-db": {"url": db_url}}, tmp_path)
-    monkeypatch.setattr("nasagent.runners.kubernetes.connect_kubernetes", lambda: cluster)
+    monkeypatch.setattr("nasagent.execution.kubernetes.connect_kubernetes", lambda: cluster)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # the agent "runs in a pod":
     monkeypatch.setenv("POD_NAMESPACE", "nas")
     monkeypatch.setenv("POD_NAME", "search-agent-0")
@@ -598,7 +723,11 @@ def test_the_real_client_adapter_speaks_to_an_api_server() -> None:
         configuration.host = server.url
         api = ClientApi(client.ApiClient(configuration))
         jobs, resource_version = api.list_jobs("nas", "nasagent.io/role=trial")
-        assert resource_version == "8" and jobs[0]["metadata"]["name"] == "nas-e-1-1-abcde" and jobs[0]["spec"]["backoffLimit"] == 0
+        assert (
+            resource_version == "8"
+            and jobs[0]["metadata"]["name"] == "nas-e-1-1-abcde"
+            and jobs[0]["spec"]["backoffLimit"] == 0
+        )
         events = list(api.watch_jobs("nas", "nasagent.io/role=trial", "8", 5))
         assert [e["type"] for e in events] == ["MODIFIED", "BOOKMARK"] and events[0]["object"]["status"]["ready"] == 1
         assert events[1]["object"]["metadata"]["resourceVersion"] == "9"
@@ -620,8 +749,8 @@ def test_the_real_client_adapter_speaks_to_an_api_server() -> None:
 
 def test_trial_pods_opt_out_of_istio_and_autoscaler_eviction() -> None:
     """A sidecar would keep a finished trial pod alive forever; scale-down must not kill a training pod."""
-    from nasagent.runners.cluster import launcher_settings
-    from nasagent.runners.kubernetes import trial_job
+    from nasagent.execution.kubernetes import trial_job
+    from nasagent.execution.launchers import launcher_settings
 
     settings = launcher_settings("kubernetes", "exp", 2, {"image": "nasagent-trainer:1"})
     annotations = trial_job(settings, 7, 1, "nasagent-exp-7-1")["spec"]["template"]["metadata"]["annotations"]

@@ -18,8 +18,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
@@ -34,9 +35,11 @@ OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "ku
 SECRET_NAMES = {"nasagent-db", "nasagent-s3", "nasagent-postgres", "nasagent-minio"}
 DEV_MARK = "nasagent.io/development-defaults"
 # Exactly what the Kubernetes launcher needs (the contract with nasagent/runners).
-AGENT_RULES = {
-    ("batch", "jobs", verb) for verb in ("create", "get", "list", "watch", "delete")
-} | {("", "pods", verb) for verb in ("get", "list", "watch")} | {("", "pods/log", "get")}
+AGENT_RULES = (
+    {("batch", "jobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
+    | {("", "pods", verb) for verb in ("get", "list", "watch")}
+    | {("", "pods/log", "get")}
+)
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
 
@@ -123,7 +126,9 @@ def test_there_are_dev_gpu_and_kubeflow_overlays() -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_rendered_object_validates_strictly(rendered: dict[str, list[dict[str, Any]]], overlay: str, version: str) -> None:
+def test_every_rendered_object_validates_strictly(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, version: str
+) -> None:
     objects = rendered[overlay] + [trial_template(rendered[overlay])]
     errors = []
     for obj in objects:
@@ -164,7 +169,9 @@ def test_kubeflow_overlay_leaves_the_profile_namespace_to_kubeflow(rendered: dic
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_agent_role_allows_exactly_what_the_launcher_needs(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_agent_role_allows_exactly_what_the_launcher_needs(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     objects = rendered[overlay]
     assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
     roles = find(objects, "Role")
@@ -220,7 +227,9 @@ def test_credentials_come_only_from_the_named_secrets(rendered: dict[str, list[d
             assert "envFrom" not in container
             for env in container.get("env", []):
                 if "value" in env:
-                    assert not re.search(r"PASSWORD|SECRET|TOKEN|KEY|NASAGENT_DB", env["name"]), f"{where}: {env['name']} is a literal"
+                    assert not re.search(r"PASSWORD|SECRET|TOKEN|KEY|NASAGENT_DB", env["name"]), (
+                        f"{where}: {env['name']} is a literal"
+                    )
                 else:
                     ref = env["valueFrom"]["secretKeyRef"]
                     assert ref["name"] in SECRET_NAMES, f"{where}: {env['name']} from {ref['name']}"
@@ -237,17 +246,31 @@ def test_dev_secrets_provide_every_referenced_key_consistently(rendered: dict[st
                     assert ref["key"] in values[ref["name"]], f"{where}: {ref['name']} has no key {ref['key']}"
 
     # nasagent-db's URL points at the PostgreSQL that the StatefulSet initialises.
-    postgres_env = {e["name"]: e.get("value") for e in one(objects, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    postgres_env = {
+        e["name"]: e.get("value")
+        for e in one(objects, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     service = one(objects, "Service", "postgres")
     url = urlsplit(values["nasagent-db"]["url"])
     assert url.scheme == "postgresql"
-    assert (url.username, url.password) == (postgres_env["POSTGRES_USER"], values["nasagent-postgres"]["POSTGRES_PASSWORD"])
-    assert (url.hostname, url.port, url.path) == ("postgres", service["spec"]["ports"][0]["port"], f"/{postgres_env['POSTGRES_DB']}")
+    assert (url.username, url.password) == (
+        postgres_env["POSTGRES_USER"],
+        values["nasagent-postgres"]["POSTGRES_PASSWORD"],
+    )
+    assert (url.hostname, url.port, url.path) == (
+        "postgres",
+        service["spec"]["ports"][0]["port"],
+        f"/{postgres_env['POSTGRES_DB']}",
+    )
 
     # nasagent-s3 reaches the MinIO Service as a user that the bucket Job can create (not root).
     s3 = values["nasagent-s3"]
     endpoint = urlsplit(s3["endpoint"])
-    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "minio", one(objects, "Service", "minio")["spec"]["ports"][0]["port"])
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == (
+        "http",
+        "minio",
+        one(objects, "Service", "minio")["spec"]["ports"][0]["port"],
+    )
     assert s3["access_key"] != values["nasagent-minio"]["MINIO_ROOT_USER"]
     assert s3["bucket"] and len(s3["secret_key"]) >= 8 and len(values["nasagent-minio"]["MINIO_ROOT_PASSWORD"]) >= 8
 
@@ -259,7 +282,9 @@ AGENT_POD = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "agent
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_admit_only_agent_trials_and_setup(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_network_policies_admit_only_agent_trials_and_setup(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     objects = rendered[overlay]
     trial = trial_template(objects)["spec"]["template"]["metadata"]["labels"]
     setup = one(objects, "Job", "minio-bucket")["spec"]["template"]["metadata"]["labels"]
@@ -313,7 +338,11 @@ def test_postgres_and_minio_keep_their_data_on_claims(rendered: dict[str, list[d
         claims = {c["metadata"]["name"]: c["spec"] for c in stateful["spec"]["volumeClaimTemplates"]}
         assert claims["data"]["accessModes"] == ["ReadWriteOnce"]
         assert re.fullmatch(r"\d+[GM]i", claims["data"]["resources"]["requests"]["storage"])
-        mounts = {m["mountPath"]: m["name"] for c in stateful["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]}
+        mounts = {
+            m["mountPath"]: m["name"]
+            for c in stateful["spec"]["template"]["spec"]["containers"]
+            for m in c["volumeMounts"]
+        }
         assert mounts[path] == "data"
         pod_volumes = {v["name"] for v in stateful["spec"]["template"]["spec"].get("volumes", [])}
         assert "data" not in pod_volumes, "the claim, not a pod volume, must back the data"
@@ -337,8 +366,12 @@ def test_every_pod_runs_as_non_root_without_api_access(rendered: dict[str, list[
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_server_images_are_pinned_to_exact_releases(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
-    images = [c["image"] for obj in rendered[overlay] if obj["kind"] in ("StatefulSet", "Job")
-              for c in obj["spec"]["template"]["spec"]["containers"]]
+    images = [
+        c["image"]
+        for obj in rendered[overlay]
+        if obj["kind"] in ("StatefulSet", "Job")
+        for c in obj["spec"]["template"]["spec"]["containers"]
+    ]
     assert len(images) == 3
     for image in images:
         tag = image.rsplit("/", 1)[-1].partition(":")[2]
@@ -356,7 +389,9 @@ def test_trial_template_labels_and_gpu_placement(rendered: dict[str, list[dict[s
     labels = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "trial"}
     assert job["metadata"]["labels"] == labels and job["spec"]["template"]["metadata"]["labels"] == labels
     assert job["spec"]["backoffLimit"] == 0, "the launcher retries; Kubernetes must not as well"
-    assert job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert (
+        job["spec"]["template"]["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    )
     pod = job["spec"]["template"]["spec"]
     resources = pod["containers"][0]["resources"]
     if uses_gpu(overlay):
@@ -409,12 +444,23 @@ def run_setup(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[s
     log = tmp_path / "mc.log"
     log.unlink(missing_ok=True)
     base_env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp_path), "FAKE_MC_LOG": str(log),
-        "MINIO_URL": "http://minio:9000", "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "rootpassword",
-        "S3_ACCESS_KEY": "nasagent", "S3_SECRET_KEY": "s3secretkey", "S3_BUCKET": "models",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "TMPDIR": str(tmp_path),
+        "FAKE_MC_LOG": str(log),
+        "MINIO_URL": "http://minio:9000",
+        "MINIO_ROOT_USER": "root",
+        "MINIO_ROOT_PASSWORD": "rootpassword",
+        "S3_ACCESS_KEY": "nasagent",
+        "S3_SECRET_KEY": "s3secretkey",
+        "S3_BUCKET": "models",
     }
-    done = subprocess.run(["sh", str(MANIFESTS / "base" / "minio-setup.sh")], env=base_env | env,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["sh", str(MANIFESTS / "base" / "minio-setup.sh")],
+        env=base_env | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return done, log.read_text().splitlines() if log.exists() else []
 
 
@@ -423,11 +469,16 @@ def test_bucket_setup_creates_a_bucket_scoped_user(tmp_path: Path) -> None:
     done, calls = run_setup(tmp_path)
     assert done.returncode == 0, done.stderr
     mc = [re.sub(r"^--config-dir \S+ ", "", c) for c in calls]
-    assert mc[:3] == ["alias set nasagent http://minio:9000 root rootpassword", "mb --ignore-existing nasagent/models",
-                      "admin user add nasagent nasagent s3secretkey"]
+    assert mc[:3] == [
+        "alias set nasagent http://minio:9000 root rootpassword",
+        "mb --ignore-existing nasagent/models",
+        "admin user add nasagent nasagent s3secretkey",
+    ]
     assert mc[3].startswith("admin policy create nasagent nasagent-models ")
     assert mc[4] == "admin policy attach nasagent nasagent-models --user nasagent"
-    assert all(c.startswith(f"--config-dir {tmp_path}/mc ") for c in calls), "mc's config must go to the writable TMPDIR"
+    assert all(c.startswith(f"--config-dir {tmp_path}/mc ") for c in calls), (
+        "mc's config must go to the writable TMPDIR"
+    )
     policy = json.loads((tmp_path / "mc.log.policy.json").read_text())
     resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
     assert resources == {"arn:aws:s3:::models", "arn:aws:s3:::models/*"}

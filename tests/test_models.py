@@ -14,18 +14,30 @@ import pytest
 import torch
 
 import nasagent
-from nasagent.arch import Architecture
 from nasagent.cli import main
-from nasagent.artifacts import open_artifacts
-from nasagent.build import BuildOptions, Normalize, build_model
 from nasagent.config import SearchConfig
-from nasagent.finetune import finetune_experiment
-from nasagent.models import (
-    META, ONNX, TORCHSCRIPT, WEIGHTS, ModelError, accuracy, export_model, list_models, load_model, load_stored_model,
-    model_metadata, predict_proba, pull_model,
-)
-from nasagent.store.postgres import Store
+from nasagent.core.arch import Architecture
+from nasagent.persistence.artifacts import open_artifacts
+from nasagent.persistence.postgres import Store
+from nasagent.results.finetune import finetune_experiment
+from nasagent.training.build import BuildOptions, build_model
 from nasagent.training.data import DataBundle, load_dataset
+from nasagent.training.models import (
+    META,
+    ONNX,
+    TORCHSCRIPT,
+    WEIGHTS,
+    ModelError,
+    accuracy,
+    export_model,
+    list_models,
+    load_model,
+    load_stored_model,
+    model_metadata,
+    predict_proba,
+    pull_model,
+)
+from nasagent.training.normalize import Normalize
 from nasagent.training.trainer import TrainConfig, train_architecture
 
 ARCH = "[C(8,3,1), P(2,2), FC(32), SM(10)]"
@@ -39,10 +51,24 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> DataBundle:
 @pytest.fixture(scope="module")
 def trained(digits: DataBundle) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A really trained small network: its metadata and best-epoch weights."""
-    result = train_architecture(Architecture.parse(ARCH), digits, TrainConfig(epochs=3, lr=0.025, lr_decay_every=100, threads=1), keep_weights=True)
+    result = train_architecture(
+        Architecture.parse(ARCH),
+        digits,
+        TrainConfig(epochs=3, lr=0.025, lr_decay_every=100, threads=1),
+        keep_weights=True,
+    )
     assert result.status == "done" and result.state_dict is not None
-    meta = model_metadata(ARCH, digits.input_shape, digits.mean, digits.std, digits.num_classes, BuildOptions(),
-                          {"val_accuracy": result.accuracy}, experiment="unit", rank=1)
+    meta = model_metadata(
+        ARCH,
+        digits.input_shape,
+        digits.mean,
+        digits.std,
+        digits.num_classes,
+        BuildOptions(),
+        {"val_accuracy": result.accuracy},
+        experiment="unit",
+        rank=1,
+    )
     return meta, result.state_dict
 
 
@@ -57,7 +83,11 @@ def test_load_model_matches_the_trained_model(trained, digits: DataBundle, tmp_p
     files = export_model(meta, state, tmp_path / "model")
     assert sorted(f.name for f in files) == sorted([META, WEIGHTS, TORCHSCRIPT])
     model = nasagent.load_model(tmp_path / "model")
-    assert not model.training and model.architecture == ARCH and model.metrics == {"val_accuracy": meta["metrics"]["val_accuracy"]}
+    assert (
+        not model.training
+        and model.architecture == ARCH
+        and model.metrics == {"val_accuracy": meta["metrics"]["val_accuracy"]}
+    )
     x = digits.test.x[:64]
     with torch.inference_mode():
         assert torch.equal(model(x), in_memory(meta, state)(x))
@@ -132,7 +162,9 @@ TINY_ARCHS = ["[C(8,3,1), P(2,2), FC(32), SM(10)]", "[C(4,3,1), P(2,2), SM(10)]"
 
 def make_experiment(store: Store, name: str, accuracies: list[float]) -> None:
     """An experiment whose search finished with the tiny architectures at the given accuracies (no search run)."""
-    experiment = store.create_experiment(name, SearchConfig(dataset="digits", trials=len(accuracies), epochs=1).to_dict())
+    experiment = store.create_experiment(
+        name, SearchConfig(dataset="digits", trials=len(accuracies), epochs=1).to_dict()
+    )
     with store.transaction() as tx:
         for arch, acc in zip(TINY_ARCHS, accuracies):
             trial = tx.insert_trial(experiment.id, arch, Architecture.parse(arch).digest, 1.0)
@@ -141,8 +173,13 @@ def make_experiment(store: Store, name: str, accuracies: list[float]) -> None:
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """The real command, in its own process."""
-    return subprocess.run([sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nasagent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def cli_here(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -155,8 +192,14 @@ def cli_here(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_models_list_and_pull(store: Store, db_url: str, digits: DataBundle, tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_models_list_and_pull(
+    store: Store,
+    db_url: str,
+    digits: DataBundle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     make_experiment(store, "m", [0.9, 0.8, 0.7])
     artifacts = open_artifacts(f"file://{tmp_path / 'artifacts'}")
     report = finetune_experiment(store, "m", artifacts, top=2, schedule="0.025:2", device="cpu")
@@ -189,7 +232,10 @@ def test_models_list_and_pull(store: Store, db_url: str, digits: DataBundle, tmp
         assert torch.equal(model(x), load_stored_model(artifacts, "m/finetuned/rank-2/")(x))
 
     for args, words in [
-        (("models", "pull", "--experiment", "m", "--rank", "3", "--out", str(tmp_path / "x")), "no finetuned model of rank 3"),
+        (
+            ("models", "pull", "--experiment", "m", "--rank", "3", "--out", str(tmp_path / "x")),
+            "no finetuned model of rank 3",
+        ),
         (("models", "list", "--experiment", "nope"), "unknown experiment 'nope'"),
         (("models", "list", "--experiment", "m", "--artifacts", "ftp://host/x"), "must start with file:/// or s3://"),
         (("models",), "required"),

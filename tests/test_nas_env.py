@@ -7,10 +7,21 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from nasagent.core.nsc import AVG_POOL, CONCAT, CONV, MAX_POOL, NUM_TYPES, NSCLayer, NSCNetwork
 from nasagent.envs.nas_env import (
-    A_ADD, A_CONCAT, A_P1_DOWN, A_P1_UP, A_P2_DOWN, A_P2_UP, A_TERMINAL, NASEnv, NSCSpace, NSCState, encode, step,
+    A_ADD,
+    A_CONCAT,
+    A_P1_DOWN,
+    A_P1_UP,
+    A_P2_DOWN,
+    A_P2_UP,
+    A_TERMINAL,
+    NASEnv,
+    NSCSpace,
+    NSCState,
+    encode,
+    step,
 )
-from nasagent.nsc import AVG_POOL, CONCAT, CONV, MAX_POOL, NUM_TYPES, NSCLayer, NSCNetwork
 
 CONV1, CONV3, CONV5, MAXPOOL2, MAXPOOL3, AVGPOOL2, AVGPOOL3 = range(7)
 
@@ -58,7 +69,9 @@ def test_state_encoding_follows_section_4_2_1() -> None:
     chain, mb = NSCSpace((1, 8, 8), 10, depth=d), NSCSpace((1, 8, 8), 10, depth=d, multi_branch=True)
     assert chain.obs_shape == (d, d + k + 10)  # footnote 7: one predecessor
     assert mb.obs_shape == (d + 1, 2 * d + k + 11)  # plus our pointer row
-    state = NSCState((NSCLayer(1, CONV, 3, 0), NSCLayer(2, MAX_POOL, 2, 1), NSCLayer(3, CONCAT, 0, 2, 0)), terminal=True, shift2=2)
+    state = NSCState(
+        (NSCLayer(1, CONV, 3, 0), NSCLayer(2, MAX_POOL, 2, 1), NSCLayer(3, CONCAT, 0, 2, 0)), terminal=True, shift2=2
+    )
     x = encode(mb, state)
     assert x.dtype == np.float32 and set(np.unique(x)) <= {0.0, 1.0}
     assert (x[:d].sum(axis=1) == 4).all()  # four one-hots per NSC row: type, pred1, pred2, kernel
@@ -78,7 +91,12 @@ def test_chain_layers_always_read_the_previous_layer() -> None:
     for action in (CONV1, MAXPOOL3, CONV5, AVGPOOL2):
         env.step(action)
     net = env.state.network(10)
-    assert net.is_chain and [(l.type, l.kernel) for l in net.layers] == [(CONV, 1), (MAX_POOL, 3), (CONV, 5), (AVG_POOL, 2)]
+    assert net.is_chain and [(l.type, l.kernel) for l in net.layers] == [
+        (CONV, 1),
+        (MAX_POOL, 3),
+        (CONV, 5),
+        (AVG_POOL, 2),
+    ]
 
 
 def test_multi_branch_pointers_are_offsets_from_the_newest_layer() -> None:

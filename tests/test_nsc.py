@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from nasagent.build import build_model
+from nasagent.core.networks import parse_network
+from nasagent.core.nsc import ADD, AVG_POOL, CONCAT, CONV, HEAD_DROPOUT, HEAD_UNITS, MAX_POOL, NSCLayer, NSCNetwork
+from nasagent.core.trial import TrialSpec
 from nasagent.errors import ConfigError
-from nasagent.networks import parse_network
-from nasagent.nsc import (
-    ADD, AVG_POOL, CONCAT, CONV, HEAD_DROPOUT, HEAD_UNITS, MAX_POOL, NSCLayer, NSCNetwork, build_nsc_model,
-)
-from nasagent.trial import TrialSettings, TrialSpec, run_trial
+from nasagent.execution.worker import TrialSettings, run_trial
+from nasagent.training.build import build_model
+from nasagent.training.nsc_build import build_nsc_model
 from nasagent.training.trainer import TrainConfig
 
 CHAIN = NSCNetwork((NSCLayer(1, CONV, 3, 0), NSCLayer(2, MAX_POOL, 2, 1), NSCLayer(3, CONV, 5, 2)), 10)
@@ -131,7 +131,9 @@ def test_build_model_dispatches_nsc_networks_to_their_builder() -> None:
 
 
 def test_an_nsc_network_trains_on_digits_through_the_normal_trial_path(tmp_path) -> None:
-    settings = TrialSettings(dataset="digits", data_dir=str(tmp_path), train=TrainConfig(epochs=1, device="cpu", threads=1))
+    settings = TrialSettings(
+        dataset="digits", data_dir=str(tmp_path), train=TrainConfig(epochs=1, device="cpu", threads=1)
+    )
     data = settings.load_data()
     net = NSCNetwork((NSCLayer(1, CONV, 3, 0), NSCLayer(2, MAX_POOL, 2, 1)), data.num_classes)
     outcome = run_trial(TrialSpec(1, str(net), seed=0), data, settings)

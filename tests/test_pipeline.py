@@ -19,11 +19,11 @@ import pytest
 import torch
 import yaml
 
-from nasagent.artifacts import open_artifacts
-from nasagent.checkpoints import checkpoint_ids
-from nasagent.models import list_models, load_model, predict_proba
-from nasagent.store.postgres import Store
+from nasagent.persistence.artifacts import open_artifacts
+from nasagent.persistence.postgres import Store
+from nasagent.training.checkpoints import checkpoint_ids
 from nasagent.training.data import load_dataset
+from nasagent.training.models import list_models, load_model, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
@@ -32,17 +32,31 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the reposito
 from pipelines.search_pipeline import LOCAL_ARGUMENTS, PACKAGE, compile_pipeline, run_local  # noqa: E402
 
 PARAMETERS = {
-    "experiment": ("STRING", None), "dataset": ("STRING", "cifar10"), "val_size": ("NUMBER_DOUBLE", 0.0),
-    "space": ("STRING", "metaqnn-cifar"), "strategy": ("STRING", "qlearning"), "trials": ("NUMBER_INTEGER", 0.0),
-    "schedule": ("STRING", "paper"), "epochs": ("NUMBER_INTEGER", 20.0), "seed": ("NUMBER_INTEGER", 0.0),
-    "parallelism": ("NUMBER_INTEGER", 4.0), "gpus_per_trial": ("NUMBER_INTEGER", 1.0),
+    "experiment": ("STRING", None),
+    "dataset": ("STRING", "cifar10"),
+    "val_size": ("NUMBER_DOUBLE", 0.0),
+    "space": ("STRING", "metaqnn-cifar"),
+    "strategy": ("STRING", "qlearning"),
+    "trials": ("NUMBER_INTEGER", 0.0),
+    "schedule": ("STRING", "paper"),
+    "epochs": ("NUMBER_INTEGER", 20.0),
+    "seed": ("NUMBER_INTEGER", 0.0),
+    "parallelism": ("NUMBER_INTEGER", 4.0),
+    "gpus_per_trial": ("NUMBER_INTEGER", 1.0),
     "gpu_node_selector": ("STRUCT", {"nvidia.com/gpu.present": "true"}),
     "gpu_tolerations": ("LIST", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
-    "pending_timeout": ("NUMBER_INTEGER", 900.0), "launcher": ("STRING", "kubernetes"),
-    "agent_image": ("STRING", "nasagent-agent:latest"), "trainer_image": ("STRING", "nasagent-trainer:latest"),
-    "db_secret": ("STRING", "nasagent-db"), "s3_secret": ("STRING", "nasagent-s3"), "bucket": ("STRING", None),
-    "keep_top": ("NUMBER_INTEGER", 10.0), "finetune_top": ("NUMBER_INTEGER", 10.0),
-    "finetune_epochs": ("NUMBER_INTEGER", 0.0), "finetune_schedule": ("STRING", None), "ensemble_top": ("NUMBER_INTEGER", 5.0),
+    "pending_timeout": ("NUMBER_INTEGER", 900.0),
+    "launcher": ("STRING", "kubernetes"),
+    "agent_image": ("STRING", "nasagent-agent:latest"),
+    "trainer_image": ("STRING", "nasagent-trainer:latest"),
+    "db_secret": ("STRING", "nasagent-db"),
+    "s3_secret": ("STRING", "nasagent-s3"),
+    "bucket": ("STRING", None),
+    "keep_top": ("NUMBER_INTEGER", 10.0),
+    "finetune_top": ("NUMBER_INTEGER", 10.0),
+    "finetune_epochs": ("NUMBER_INTEGER", 0.0),
+    "finetune_schedule": ("STRING", None),
+    "ensemble_top": ("NUMBER_INTEGER", 5.0),
 }
 
 
@@ -88,25 +102,35 @@ def test_kubernetes_settings_of_every_step() -> None:
         # The NetworkPolicies of manifests/ let only these labels reach PostgreSQL and MinIO.
         assert pod["podMetadata"]["labels"] == {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": role}
         assert pod["podMetadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
-        secrets = {s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"): s for s in pod["secretAsEnv"]}
+        secrets = {
+            s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"): s
+            for s in pod["secretAsEnv"]
+        }
         s3 = secrets["s3_secret"]
         assert {k["secretKey"]: k["envVar"] for k in s3["keyToEnv"]} == {
-            "endpoint": "NASAGENT_S3_ENDPOINT", "access_key": "NASAGENT_S3_ACCESS_KEY",
-            "secret_key": "NASAGENT_S3_SECRET_KEY", "bucket": "NASAGENT_S3_BUCKET",
+            "endpoint": "NASAGENT_S3_ENDPOINT",
+            "access_key": "NASAGENT_S3_ACCESS_KEY",
+            "secret_key": "NASAGENT_S3_SECRET_KEY",
+            "bucket": "NASAGENT_S3_BUCKET",
         }
         if name != "exec-prepare":
             assert secrets["db_secret"]["keyToEnv"] == [{"envVar": "NASAGENT_DB", "secretKey": "url"}]
             assert secrets["db_secret"]["optional"] is False
     finetune = executors["exec-finetune"]
-    assert finetune["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_node_selector"
+    assert (
+        finetune["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_node_selector"
+    )
     assert finetune["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "pipelinechannel--gpu_tolerations"
     assert {e["name"]: e["fieldPath"] for e in executors["exec-search-agent"]["fieldPathAsEnv"]} == {
-        "POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace",
+        "POD_NAME": "metadata.name",
+        "POD_UID": "metadata.uid",
+        "POD_NAMESPACE": "metadata.namespace",
     }
     containers = {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
     assert containers["exec-finetune"]["resources"]["accelerator"] == {
         "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpus_per_trial']}}",
-        "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu",
+        "resourceType": "nvidia.com/gpu",
+        "type": "nvidia.com/gpu",
     }
     images = {name: c["image"] for name, c in containers.items()}
     assert images == {
@@ -119,15 +143,29 @@ def test_kubernetes_settings_of_every_step() -> None:
         assert "pip install" not in " ".join(container["command"]) and "import nasagent" not in container["command"][0]
 
 
-def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NASAGENT_DB", db_url)  # every step is a subprocess: the URL reaches them through the environment
+def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "NASAGENT_DB", db_url
+    )  # every step is a subprocess: the URL reaches them through the environment
     monkeypatch.setenv("NASAGENT_HOME", str(tmp_path / "home"))
     bucket = f"file://{tmp_path}/artifacts"
     arguments = {
-        **LOCAL_ARGUMENTS, "experiment": "pipe-e2e", "bucket": bucket, "trials": 3, "epochs": 4, "keep_top": 2,
-        "finetune_top": 2, "finetune_epochs": 0, "finetune_schedule": "0.002:3,0.0005:1", "ensemble_top": 2,
+        **LOCAL_ARGUMENTS,
+        "experiment": "pipe-e2e",
+        "bucket": bucket,
+        "trials": 3,
+        "epochs": 4,
+        "keep_top": 2,
+        "finetune_top": 2,
+        "finetune_epochs": 0,
+        "finetune_schedule": "0.002:3,0.0005:1",
+        "ensemble_top": 2,
     }
-    with pytest.warns(UserWarning, match="accelerator.*will be ignored"):  # GPU settings are ignored locally, with a warning
+    with pytest.warns(
+        UserWarning, match="accelerator.*will be ignored"
+    ):  # GPU settings are ignored locally, with a warning
         outputs = run_local(arguments, tmp_path / "root")
     name = outputs["experiment"]
     assert name == "pipe-e2e"

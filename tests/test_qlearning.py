@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nasagent.arch import FC, Architecture, Conv, Pool
+from nasagent.core.arch import FC, Architecture, Conv, Pool
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space
 from nasagent.strategies.qlearning import QLearningConfig, QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy

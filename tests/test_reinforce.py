@@ -16,20 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from nasagent.agent import Agent
-from nasagent.arch import Architecture, Conv
-from nasagent.build import build_model
-from nasagent.config import SearchConfig
-from nasagent.errors import ConfigError
-from nasagent.networks import Network
-from nasagent.runners.function import FunctionRunner
-from nasagent.search import experiment_status
-from nasagent.store.postgres import Store
-from nasagent.strategies.base import Proposal, Strategy
-from nasagent.strategies.registry import make_strategy
-from nasagent.strategies.reinforce import ChainSpace, ReinforceConfig, ReinforceStrategy
 from agent_helpers import CrashAfter
+
+from nasagent.config import SearchConfig
+from nasagent.core.arch import Architecture, Conv
+from nasagent.core.networks import Network
+from nasagent.errors import ConfigError
+from nasagent.execution.function import FunctionRunner
+from nasagent.persistence.postgres import Store
+from nasagent.search.loop import Agent
+from nasagent.search.status import experiment_status
+from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.reinforce import ChainSpace, ReinforceConfig, ReinforceStrategy
+from nasagent.training.build import build_model
 
 # The best network of the toy problem; the reward counts how many of its 9 decisions match.
 TARGET = [(32, 3, 1), (64, 5, 2), (16, 1, 1)]
@@ -72,7 +71,9 @@ class UniformChain(Strategy):
             self.rng.bit_generator.state = state["rng"]
 
 
-def run_agent(store: Store, name: str, strategy: Strategy, budget: int, runner: FunctionRunner | None = None) -> list[float]:
+def run_agent(
+    store: Store, name: str, strategy: Strategy, budget: int, runner: FunctionRunner | None = None
+) -> list[float]:
     """Run (or resume) experiment ``name``; the accuracies of its trials in launch order."""
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
     agent = Agent(store, experiment, strategy, runner or FunctionRunner(toy_reward), budget, seed=0, poll_seconds=0.0)
@@ -83,11 +84,30 @@ def run_agent(store: Store, name: str, strategy: Strategy, budget: int, runner: 
 # -- settings and space --------------------------------------------------------------------------
 def test_options_are_read_as_the_cli_parses_them() -> None:
     config = ReinforceConfig.from_options(
-        {"depth": 2, "filters": [16, 32], "kernels": 3, "strides": [1], "baseline": False, "beta": 0.9,
-         "entropy": 0, "lr": 0.01, "hidden": 8, "batch": 4, "tanh": "none"}
+        {
+            "depth": 2,
+            "filters": [16, 32],
+            "kernels": 3,
+            "strides": [1],
+            "baseline": False,
+            "beta": 0.9,
+            "entropy": 0,
+            "lr": 0.01,
+            "hidden": 8,
+            "batch": 4,
+            "tanh": "none",
+        }
     )
     assert (config.depth, config.filters, config.kernels, config.strides) == (2, (16, 32), (3,), (1,))
-    assert (config.baseline, config.beta, config.entropy, config.lr, config.hidden, config.batch, config.tanh) == (False, 0.9, 0.0, 0.01, 8, 4, None)
+    assert (config.baseline, config.beta, config.entropy, config.lr, config.hidden, config.batch, config.tanh) == (
+        False,
+        0.9,
+        0.0,
+        0.01,
+        8,
+        4,
+        None,
+    )
     assert ReinforceConfig.from_options({"clip": 0.05}).clip == 0.05
     assert ReinforceConfig.from_options({"clip": "none"}).clip is None
 
@@ -120,8 +140,12 @@ def test_space_encodes_and_decodes_every_choice_and_rejects_foreign_networks() -
     assert space.size == (4 * 3 * 2) ** 3 and space.steps == 9
     arch = Architecture.parse("[C(32,3,1), C(64,5,2), C(16,1,1), SM(10)]")
     assert space.decode(space.encode(arch)) == arch
-    for foreign in ("[C(32,3,1), C(64,5,2), SM(10)]", "[C(32,3,1), C(64,5,2), C(12,1,1), SM(10)]",
-                    "[C(32,3,1), C(64,5,2), C(16,1,1), GAP(10)]", "[C(32,3,1), P(2,2), C(16,1,1), SM(10)]"):
+    for foreign in (
+        "[C(32,3,1), C(64,5,2), SM(10)]",
+        "[C(32,3,1), C(64,5,2), C(12,1,1), SM(10)]",
+        "[C(32,3,1), C(64,5,2), C(16,1,1), GAP(10)]",
+        "[C(32,3,1), P(2,2), C(16,1,1), SM(10)]",
+    ):
         with pytest.raises(ValueError):
             space.encode(Architecture.parse(foreign))
 
@@ -135,9 +159,26 @@ def test_every_choice_is_valid_on_8x8_digits() -> None:
 
 
 def test_cli_rejects_an_unknown_option_with_one_line(db_url: str) -> None:
-    args = ["search", "--experiment", "bad", "--strategy", "reinforce", "--option", "dpeth=3", "--trials", "2", "--epochs", "1"]
-    result = subprocess.run([sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True,
-                            env={**os.environ, "NASAGENT_DB": db_url}, timeout=120)
+    args = [
+        "search",
+        "--experiment",
+        "bad",
+        "--strategy",
+        "reinforce",
+        "--option",
+        "dpeth=3",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "nasagent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NASAGENT_DB": db_url},
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "nasagent: error: --option dpeth is not a setting of --strategy reinforce "
@@ -147,12 +188,12 @@ def test_cli_rejects_an_unknown_option_with_one_line(db_url: str) -> None:
 
 def test_from_config_reads_the_experiments_options() -> None:
     config = SearchConfig(strategy="reinforce", trials=5, options={"depth": 2, "filters": [4, 8]})
-    strategy = make_strategy(config, (1, 8, 8), 10)
+    strategy = config.make_strategy((1, 8, 8), 10)
     assert isinstance(strategy, ReinforceStrategy) and strategy.space.depth == 2
     arch = strategy.ask(0).arch
     assert len(arch.hidden) == 2 and all(layer.filters in (4, 8) for layer in arch.hidden)
     with pytest.raises(ConfigError, match="not a setting of --strategy reinforce"):
-        make_strategy(SearchConfig(strategy="reinforce", options={"epsilon": 0.1}), (1, 8, 8), 10)
+        SearchConfig(strategy="reinforce", options={"epsilon": 0.1}).make_strategy((1, 8, 8), 10)
 
 
 # -- the policy gradient -------------------------------------------------------------------------
@@ -233,10 +274,11 @@ def test_json_round_trip_then_both_continue_identically(batch: int) -> None:
     for s in (original, copy):
         s.tell(outstanding.arch, 0.55, first_training=True)
     assert drive(copy, 12, 8) == drive(original, 12, 8)
-    assert all(torch.equal(a, b) for a, b in zip(original.controller.state_dict().values(), copy.controller.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(original.controller.state_dict().values(), copy.controller.state_dict().values())
+    )
     assert copy.state_dict()["summary"] == original.state_dict()["summary"]
-
-
 
 
 @pytest.mark.parametrize("crash_after", [0, 6, 17])
@@ -265,7 +307,15 @@ def test_parallel_workers_finish_the_budget_without_training_twice(store: Store)
 def test_status_shows_the_reward_statistics(store: Store) -> None:
     config = SearchConfig(strategy="reinforce", trials=12, options={"clip": 0.05})
     experiment = store.create_experiment("status", config.to_dict())
-    agent = Agent(store, experiment, make_strategy(config, (1, 8, 8), 10), FunctionRunner(toy_reward), config.budget, 0, poll_seconds=0.0)
+    agent = Agent(
+        store,
+        experiment,
+        config.make_strategy((1, 8, 8), 10),
+        FunctionRunner(toy_reward),
+        config.budget,
+        0,
+        poll_seconds=0.0,
+    )
     agent.run()
     summary = experiment_status(store, "status")["strategy_summary"]
     assert summary["baseline"] == "with baseline (beta=0.8)" and summary["clip"] == 0.05

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasagent.agent import Agent
-from nasagent.arch import Architecture, Conv
 from nasagent.cli import main
 from nasagent.config import SearchConfig
-from nasagent.report import Report, build_report, make_figures, write_report
-from nasagent.runners.function import FunctionRunner
+from nasagent.core.arch import Architecture, Conv
+from nasagent.core.trial import TrialOutcome, TrialSpec
+from nasagent.execution.function import FunctionRunner
+from nasagent.persistence.postgres import Store
+from nasagent.results.report import Report, build_report, make_figures, write_report
+from nasagent.search.loop import Agent
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space
-from nasagent.store.postgres import Store
 from nasagent.strategies.qlearning import QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
 from nasagent.strategies.schedule import EpsilonSchedule
-from nasagent.trial import TrialOutcome, TrialSpec
 
 SCHEDULE = "1.0:15,0.5:8,0.1:7"
 FAILURE = "diverged: loss is NaN in epoch 2"
@@ -54,8 +54,16 @@ class KnownRunner(FunctionRunner):
         arch = Architecture.parse(spec.arch)
         if self.fail_at is not None and self.submitted.index(spec) == self.fail_at:
             return [TrialOutcome.failed(spec.trial_id, FAILURE, num_classes=10, worker="known")]
-        return [TrialOutcome(spec.trial_id, "done", reward(arch), params=1000 * len(arch.layers) + len(str(arch)),
-                             train_seconds=0.25 * len(arch.layers), worker="known")]
+        return [
+            TrialOutcome(
+                spec.trial_id,
+                "done",
+                reward(arch),
+                params=1000 * len(arch.layers) + len(str(arch)),
+                train_seconds=0.25 * len(arch.layers),
+                worker="known",
+            )
+        ]
 
 
 def run_experiment(store: Store, name: str, strategy_name: str) -> None:
@@ -132,7 +140,9 @@ def _q_by(store: Store, name: str, key) -> dict:
 
 def _kind(action: str) -> str:
     prefix = action.split("(")[0]
-    return {"C": "convolution", "P": "pooling", "FC": "fully connected", "GAP": "termination", "SM": "termination"}[prefix]
+    return {"C": "convolution", "P": "pooling", "FC": "fully connected", "GAP": "termination", "SM": "termination"}[
+        prefix
+    ]
 
 
 def test_fig_a3_a4_hold_the_mean_q_per_layer_type_and_kernel_by_depth(store: Store, qreport: Report) -> None:
@@ -165,11 +175,14 @@ def test_leaderboard_failures_and_time_per_trial(store: Store, qreport: Report) 
     assert [r["params"] for r in qreport.leaderboard] == [t.params for t in done[:25]]
     assert all(r["params"] > 0 for r in qreport.leaderboard)
     failed = [t for t in trials if t.status == "failed"]
-    assert [(f["trial_id"], f["failure"], f["arch"]) for f in qreport.failures] == [(t.id, FAILURE, t.arch) for t in failed]
+    assert [(f["trial_id"], f["failure"], f["arch"]) for f in qreport.failures] == [
+        (t.id, FAILURE, t.arch) for t in failed
+    ]
     assert qreport.failure_reasons == [{"failure": FAILURE, "count": 1}]
     assert [t.train_seconds for t in qreport.times] == [t.train_seconds for t in trials]
     assert [t.wall_seconds for t in qreport.times] == pytest.approx(
-        [(t.finished_at - t.started_at).total_seconds() for t in trials])
+        [(t.finished_at - t.started_at).total_seconds() for t in trials]
+    )
     assert all(t.wall_seconds >= 0 for t in qreport.times)
     assert qreport.timing["train_seconds_total"] == pytest.approx(sum(t.train_seconds or 0 for t in trials))
     assert qreport.status["unique_trained"] == 30 and qreport.status["failed"] == 1
@@ -189,7 +202,8 @@ def test_written_page_is_self_contained_with_figures_and_failures(qreport: Repor
     numbers = json.loads((tmp_path / "out" / "report.json").read_text())
     assert numbers["fig3"]["rolling_mean"] == pytest.approx(qreport.accuracy.rolling_mean)
     assert [g["mean_accuracy"] for g in numbers["fig3"]["per_epsilon"]] == pytest.approx(
-        [g.mean_accuracy for g in qreport.accuracy.groups])
+        [g.mean_accuracy for g in qreport.accuracy.groups]
+    )
     assert numbers["figA3"]["curves"][0]["means"] == pytest.approx(qreport.q.by_type[0].means)
     assert numbers["failures"][0]["failure"] == FAILURE
     markdown = (tmp_path / "out" / "leaderboard.md").read_text()
@@ -211,12 +225,18 @@ def test_random_search_report_says_there_are_no_q_values(store: Store, tmp_path:
 
 def nasagent(*args: str, db: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "NASAGENT_DB": db, "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "nasagent.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
-def test_cli_writes_the_report_and_rejects_an_unknown_experiment(store: Store, db_url: str, tmp_path: Path, capsys) -> None:
+def test_cli_writes_the_report_and_rejects_an_unknown_experiment(
+    store: Store, db_url: str, tmp_path: Path, capsys
+) -> None:
     run_experiment(store, "cli", "qlearning")
-    result = nasagent("report", "--experiment", "cli", "--out", str(tmp_path / "r"), "-k", "5", "--db", db_url, db=db_url)
+    result = nasagent(
+        "report", "--experiment", "cli", "--out", str(tmp_path / "r"), "-k", "5", "--db", db_url, db=db_url
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "r" / "index.html")
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"index.html", "report.json", "leaderboard.md"}

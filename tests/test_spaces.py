@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasagent.arch import FC, GAP, Architecture, Conv, Pool, Softmax
-from nasagent.build import build_model, output_size
+from nasagent.core.arch import FC, GAP, Architecture, Conv, Pool, Softmax, output_size
 from nasagent.errors import ConfigError
 from nasagent.spaces.metaqnn import MetaQNNSpace, SpaceConfig, State, load_space, preset_names
+from nasagent.training.build import build_model
 
 TINY = {
     "name": "tiny",
@@ -40,7 +40,9 @@ def reachable(space: MetaQNNSpace) -> dict[tuple[State, int], tuple]:
     return paths
 
 
-@pytest.mark.parametrize("preset,input_size", [("metaqnn", 32), ("metaqnn-small", 8), ("metaqnn-small", 28), ("metaqnn-cifar", 32)])
+@pytest.mark.parametrize(
+    "preset,input_size", [("metaqnn", 32), ("metaqnn-small", 8), ("metaqnn-small", 28), ("metaqnn-cifar", 32)]
+)
 def test_every_constraint_of_section_4_2_holds_in_every_reachable_state(preset: str, input_size: int) -> None:
     space = MetaQNNSpace(load_space(preset), input_size, 10)
     cfg = space.config
@@ -100,8 +102,14 @@ def test_actions_never_include_the_resulting_size() -> None:
 def test_walk_rejects_architectures_outside_the_space() -> None:
     space = MetaQNNSpace(load_space("metaqnn-small"), 8, 10)
     space.walk(Architecture.parse("[C(8,3,1), P(2,2), FC(64), FC(32), SM(10)]"))
-    for bad in ["[C(8,3,1), P(2,2), P(2,2), SM(10)]", "[FC(64), SM(10)]", "[C(8,3,1), P(2,2), FC(32), FC(64), SM(10)]",
-                "[C(7,3,1), SM(10)]", "[C(8,3,1), SM(3)]", "[C(8,3,1), P(3,2), FC(64), FC(64), FC(64), SM(10)]"]:
+    for bad in [
+        "[C(8,3,1), P(2,2), P(2,2), SM(10)]",
+        "[FC(64), SM(10)]",
+        "[C(8,3,1), P(2,2), FC(32), FC(64), SM(10)]",
+        "[C(7,3,1), SM(10)]",
+        "[C(8,3,1), SM(3)]",
+        "[C(8,3,1), P(3,2), FC(64), FC(64), FC(64), SM(10)]",
+    ]:
         with pytest.raises(ConfigError):
             space.walk(Architecture.parse(bad))
 
@@ -129,16 +137,24 @@ def test_mnist_space_uses_appendix_c_log_rules() -> None:
 
 def test_user_yaml_space(tmp_path) -> None:
     path = tmp_path / "mine.yaml"
-    path.write_text("name: mine\nmax_depth: 3\nsize_bins: [8, 4, 1]\nconv: {filters: [4]}\npool: {shapes: [[2, 2]]}\nfc: {units: [16]}\n")
+    path.write_text(
+        "name: mine\nmax_depth: 3\nsize_bins: [8, 4, 1]\nconv: {filters: [4]}\npool: {shapes: [[2, 2]]}\nfc: {units: [16]}\n"
+    )
     space = load_space(str(path))
     assert space.name == "mine" and space.conv_kernels == (1, 3, 5)
 
 
 @pytest.mark.parametrize(
     "text,message",
-    [("max_depth: 0\n", "positive"), ("max_depth: 3\nbogus: 1\n", "unknown keys"), ("conv: {}\n", "max_depth"),
-     ("max_depth: 3\nterminals: [maybe]\n", "terminals"), ("max_depth: 3\nsize_bins: [8, 4]\n", "end with 1"),
-     ("max_depth: [\n", "cannot read"), ("- 1\n", "mapping")],
+    [
+        ("max_depth: 0\n", "positive"),
+        ("max_depth: 3\nbogus: 1\n", "unknown keys"),
+        ("conv: {}\n", "max_depth"),
+        ("max_depth: 3\nterminals: [maybe]\n", "terminals"),
+        ("max_depth: 3\nsize_bins: [8, 4]\n", "end with 1"),
+        ("max_depth: [\n", "cannot read"),
+        ("- 1\n", "mapping"),
+    ],
 )
 def test_bad_space_files_are_one_line_config_errors(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
@@ -174,7 +190,15 @@ def test_every_action_from_every_reachable_state_builds_and_runs(input_size: int
     assert checked > 400
 
 
-@pytest.mark.parametrize("preset,shape", [("metaqnn", (3, 32, 32)), ("metaqnn-cifar", (3, 32, 32)), ("metaqnn-mnist", (1, 28, 28)), ("metaqnn-small", (1, 8, 8))])
+@pytest.mark.parametrize(
+    "preset,shape",
+    [
+        ("metaqnn", (3, 32, 32)),
+        ("metaqnn-cifar", (3, 32, 32)),
+        ("metaqnn-mnist", (1, 28, 28)),
+        ("metaqnn-small", (1, 8, 8)),
+    ],
+)
 def test_sampled_architectures_of_the_big_spaces_build_and_run(preset: str, shape: tuple[int, int, int]) -> None:
     space = MetaQNNSpace(load_space(preset), shape[1], 10)
     rng = np.random.default_rng(0)

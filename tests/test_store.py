@@ -18,8 +18,8 @@ import psycopg2
 import pytest
 
 from nasagent.errors import StoreError
-from nasagent.store import DuplicateTrialError, Store, embedded_url, redact_url, resolve_db_url, stop_embedded
-from nasagent.store.postgres import available_migrations
+from nasagent.persistence import DuplicateTrialError, Store, embedded_url, redact_url, resolve_db_url, stop_embedded
+from nasagent.persistence.postgres import available_migrations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,12 @@ def test_trial_lifecycle(store: Store) -> None:
         trial_id = tx.insert_trial(exp, "[C(64,3,1), SM(10)]", "abc", 0.9, worker="w1", info={"a": 1})
     row = store.trials(exp)[0]
     assert (row.id, row.status, row.arch, row.digest, row.epsilon, row.worker) == (
-        trial_id, "running", "[C(64,3,1), SM(10)]", "abc", 0.9, "w1"
+        trial_id,
+        "running",
+        "[C(64,3,1), SM(10)]",
+        "abc",
+        0.9,
+        "w1",
     )
     assert row.attempts == 1 and row.info == {"a": 1}
     assert row.started_at is not None and row.finished_at is None and row.accuracy is None
@@ -143,7 +148,12 @@ def test_trial_lifecycle(store: Store) -> None:
         tx.finish_trial(trial_id, "failed", 0.0, None, "CUDA out of memory", 1.5, info={"b": 2})
     row = store.trial_by_digest(exp, "abc")
     assert row is not None
-    assert (row.status, row.failure, row.train_seconds, row.info) == ("failed", "CUDA out of memory", 1.5, {"a": 1, "b": 2})
+    assert (row.status, row.failure, row.train_seconds, row.info) == (
+        "failed",
+        "CUDA out of memory",
+        1.5,
+        {"a": 1, "b": 2},
+    )
     assert row.finished_at is not None and row.finished_at >= row.started_at
 
     with store.transaction() as tx:
@@ -151,7 +161,12 @@ def test_trial_lifecycle(store: Store) -> None:
     row = store.trial_by_digest(exp, "abc")
     assert row is not None
     assert (row.status, row.attempts, row.accuracy, row.failure, row.finished_at, row.train_seconds) == (
-        "running", 2, None, None, None, None
+        "running",
+        2,
+        None,
+        None,
+        None,
+        None,
     )
 
     with store.transaction() as tx:
@@ -265,7 +280,12 @@ def test_q_upsert_round_trip_and_updates(store: Store) -> None:
 
 def test_replay_memory_keeps_order(store: Store) -> None:
     exp = _experiment(store)
-    samples = [("[C(64,3,1), SM(10)]", 0.9), ("[SM(10)]", 0.1), ("[C(64,3,1), SM(10)]", 0.9), ("[FC(128), SM(10)]", 0.5)]
+    samples = [
+        ("[C(64,3,1), SM(10)]", 0.9),
+        ("[SM(10)]", 0.1),
+        ("[C(64,3,1), SM(10)]", 0.9),
+        ("[FC(128), SM(10)]", 0.5),
+    ]
     with store.transaction() as tx:
         trial = tx.insert_trial(exp, samples[0][0], "d0", 1.0)
     for arch, reward in samples:
@@ -313,9 +333,21 @@ def test_non_json_state_fails_in_python(store: Store) -> None:
 
 def test_counts_and_top(store: Store) -> None:
     exp = _experiment(store)
-    assert store.counts(exp) == {"unique_trained": 0, "running": 0, "failed": 0, "trials_done": 0, "best_accuracy": None}
+    assert store.counts(exp) == {
+        "unique_trained": 0,
+        "running": 0,
+        "failed": 0,
+        "trials_done": 0,
+        "best_accuracy": None,
+    }
     assert store.top(exp, 5) == []
-    outcomes = [("a", "done", 0.5), ("b", "done", 0.9), ("c", "failed", 0.0), ("d", "done", 0.9), ("e", "running", None)]
+    outcomes = [
+        ("a", "done", 0.5),
+        ("b", "done", 0.9),
+        ("c", "failed", 0.0),
+        ("d", "done", 0.9),
+        ("e", "running", None),
+    ]
     ids = {}
     with store.transaction() as tx:
         for digest, status, accuracy in outcomes:
@@ -355,15 +387,13 @@ def test_lost_connection_is_a_store_error(store: Store, db_url: str) -> None:
         store.trials(exp)
 
 
-def test_committed_data_survives_kill_9_and_another_process_reattaches(
-    store: Store, db_url: str, embedded_pg
-) -> None:
+def test_committed_data_survives_kill_9_and_another_process_reattaches(store: Store, db_url: str, embedded_pg) -> None:
     exp = _experiment(store)
     child = textwrap.dedent(
         f"""
         import sys, time
         from pathlib import Path
-        from nasagent.store import Store, embedded_url
+        from nasagent.persistence import Store, embedded_url
         assert embedded_url(Path({str(embedded_pg.home)!r})) == {embedded_pg.url!r}  # reattach, no new server
         store = Store.connect({db_url!r})
         with store.transaction() as tx:
@@ -386,7 +416,7 @@ def test_committed_data_survives_kill_9_and_another_process_reattaches(
         [
             sys.executable,
             "-c",
-            f"import json; from nasagent.store import Store; s = Store.connect({db_url!r}); "
+            f"import json; from nasagent.persistence import Store; s = Store.connect({db_url!r}); "
             f"print(json.dumps([t.digest for t in s.trials({exp})]))",
         ],
         capture_output=True,

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import nasagent.training.trainer as trainer
-from nasagent.arch import Architecture
-from nasagent.build import build_model, count_params
+from nasagent.core.arch import Architecture
 from nasagent.errors import ConfigError
+from nasagent.training.build import build_model, count_params
 from nasagent.training.data import DataBundle, Split, load_dataset
 from nasagent.training.trainer import TrainConfig, chance_accuracy, lr_at, resolve_device, train_architecture
 
@@ -101,7 +101,9 @@ def test_nan_loss_fails_with_reason(digits: DataBundle) -> None:
 
 def test_huge_lr_diverges(digits: DataBundle) -> None:
     result = train_architecture(TINY, digits, TrainConfig(epochs=3, lr=1e30))
-    assert result.status == "failed" and result.failure is not None and result.failure.startswith("diverged: loss became")
+    assert (
+        result.status == "failed" and result.failure is not None and result.failure.startswith("diverged: loss became")
+    )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,9 @@ def test_huge_lr_diverges(digits: DataBundle) -> None:
         MemoryError(),
     ],
 )
-def test_out_of_memory_fails_with_reason(digits: DataBundle, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+def test_out_of_memory_fails_with_reason(
+    digits: DataBundle, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
     def boom(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise error
 

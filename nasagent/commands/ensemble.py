@@ -16,7 +16,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ensemble", help="test accuracy of the top models and of their softmax average")
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--top", type=int, default=5, help="ensemble size (default 5, as in the paper)")
-    parser.add_argument("--artifacts", help="artifact store URL (default $NASAGENT_ARTIFACTS, else file://$NASAGENT_HOME/artifacts)")
+    parser.add_argument(
+        "--artifacts", help="artifact store URL (default $NASAGENT_ARTIFACTS, else file://$NASAGENT_HOME/artifacts)"
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--db", help="postgresql:// URL (default $NASAGENT_DB, else the embedded server)")
@@ -25,10 +27,10 @@ def register(subparsers: Any) -> None:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Evaluate the ensemble and print the Table 3-style result."""
-    from nasagent.artifacts import open_artifacts
-    from nasagent.cli import connect
-    from nasagent.ensemble import ensemble_experiment
     from nasagent.errors import ConfigError
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.postgres import connect
+    from nasagent.results.ensemble import ensemble_experiment
 
     if args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
@@ -40,15 +42,19 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from nasagent.display import print_table
+    from nasagent.search.display import print_table
 
-    table = Table(title=f"ensemble of {report['experiment']}: top {len(report['members'])} {report['source']} models, "
-                        f"{report['test_size']} test images")
+    table = Table(
+        title=f"ensemble of {report['experiment']}: top {len(report['members'])} {report['source']} models, "
+        f"{report['test_size']} test images"
+    )
     for column in ("rank", "val", "test", "architecture"):
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for row in report["members"]:
         table.add_row(str(row["rank"]), f"{row['val_accuracy']:.4f}", f"{row['test_accuracy']:.4f}", row["arch"])
     print_table(table)
-    print(f"ensemble test accuracy {report['ensemble_test_accuracy']:.4f} "
-          f"(error {100 * (1 - report['ensemble_test_accuracy']):.2f}%; best single model {report['best_single_test_accuracy']:.4f})")
+    print(
+        f"ensemble test accuracy {report['ensemble_test_accuracy']:.4f} "
+        f"(error {100 * (1 - report['ensemble_test_accuracy']):.2f}%; best single model {report['best_single_test_accuracy']:.4f})"
+    )
     return 0

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from nasagent.core.datasets import resolve_dataset
 from nasagent.errors import ConfigError
 
 
@@ -45,9 +46,10 @@ def experiment_name(prefix: str, position: int, dataset: str) -> str:
 
 
 def cmd_meta_train(args: argparse.Namespace) -> int:
-    from nasagent.cli import _parse_options, connect
-    from nasagent.search import run_search
+    from nasagent.persistence.postgres import connect
+    from nasagent.search.run import run_search
     from nasagent.strategies.meta_a2c import load_policy, save_policy_from_state
+    from nasagent.strategies.options import parse_option_pairs
 
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not datasets:
@@ -56,11 +58,11 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--trials-per-dataset must be at least 1, got {args.trials_per_dataset}")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    options = _parse_options(args.option)
+    options = parse_option_pairs(args.option)
     for key in ("policy", "learn"):
         if key in options:
             raise ConfigError(f"--option {key} is set by meta-train itself (use --init-policy to start from a policy)")
-    datasets = ["npz:" + str(Path(d[4:]).expanduser().resolve()) if d.startswith("npz:") else d for d in datasets]
+    datasets = [resolve_dataset(d) for d in datasets]
     out = Path(args.out).expanduser().resolve()
     policy: Path | None = None
     if args.init_policy:
@@ -74,8 +76,14 @@ def cmd_meta_train(args: argparse.Namespace) -> int:
             if policy is not None:
                 trial_options["policy"] = str(policy)
             given = {
-                "dataset": dataset, "strategy": "meta-a2c", "trials": args.trials_per_dataset, "epochs": args.epochs,
-                "seed": args.seed, "val_size": args.val_size, "data_dir": args.data_dir, "options": trial_options,
+                "dataset": dataset,
+                "strategy": "meta-a2c",
+                "trials": args.trials_per_dataset,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "val_size": args.val_size,
+                "data_dir": args.data_dir,
+                "options": trial_options,
             }
             progress = run_search(store, name, given, workers=args.workers, device=args.device)
             saved = store.load_agent_state(store.get_experiment(name).id)

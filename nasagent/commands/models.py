@@ -19,10 +19,14 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--json", action="store_true")
     pull = actions.add_parser("pull", help="copy a finetuned model directory to --out")
     pull.add_argument("--rank", type=int, required=True, help="the model's search rank (as listed)")
-    pull.add_argument("--out", required=True, help="directory to write model.json, weights.pt, model.ts (, model.onnx) into")
+    pull.add_argument(
+        "--out", required=True, help="directory to write model.json, weights.pt, model.ts (, model.onnx) into"
+    )
     for sub in (listing, pull):
         sub.add_argument("--experiment", required=True)
-        sub.add_argument("--artifacts", help="artifact store URL (default $NASAGENT_ARTIFACTS, else file://$NASAGENT_HOME/artifacts)")
+        sub.add_argument(
+            "--artifacts", help="artifact store URL (default $NASAGENT_ARTIFACTS, else file://$NASAGENT_HOME/artifacts)"
+        )
         sub.add_argument("--db", help="postgresql:// URL (default $NASAGENT_DB, else the embedded server)")
     listing.set_defaults(handler=cmd_list)
     pull.set_defaults(handler=cmd_pull)
@@ -30,8 +34,8 @@ def register(subparsers: Any) -> None:
 
 def _checked_store(args: argparse.Namespace) -> Any:
     """The artifact store, once the experiment is known to exist (StoreError otherwise)."""
-    from nasagent.artifacts import open_artifacts
-    from nasagent.cli import connect
+    from nasagent.persistence.artifacts import open_artifacts
+    from nasagent.persistence.postgres import connect
 
     store = open_artifacts(args.artifacts)
     with connect(args.db) as db:
@@ -43,10 +47,15 @@ def model_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The summary ``models list --json`` prints, one row per model."""
     return [
         {
-            "rank": m["rank"], "arch": m["architecture"], "test_accuracy": m["metrics"].get("test_accuracy"),
-            "val_accuracy": m["metrics"].get("val_accuracy"), "search_accuracy": m["metrics"].get("search_accuracy"),
-            "params": m["metrics"].get("params"), "trial_id": m["source"].get("trial_id"),
-            "location": m["location"], "files": m["files"],
+            "rank": m["rank"],
+            "arch": m["architecture"],
+            "test_accuracy": m["metrics"].get("test_accuracy"),
+            "val_accuracy": m["metrics"].get("val_accuracy"),
+            "search_accuracy": m["metrics"].get("search_accuracy"),
+            "params": m["metrics"].get("params"),
+            "trial_id": m["source"].get("trial_id"),
+            "location": m["location"],
+            "files": m["files"],
         }
         for m in models
     ]
@@ -54,7 +63,7 @@ def model_rows(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print the experiment's finetuned models."""
-    from nasagent.models import list_models
+    from nasagent.training.models import list_models
 
     store = _checked_store(args)
     rows = model_rows(list_models(store, args.experiment))
@@ -62,11 +71,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no finetuned models of {args.experiment} in {store.url}; run nasagent finetune --experiment {args.experiment}")
+        print(
+            f"no finetuned models of {args.experiment} in {store.url}; run nasagent finetune --experiment {args.experiment}"
+        )
         return 0
     from rich.table import Table
 
-    from nasagent.display import print_table
+    from nasagent.search.display import print_table
 
     table = Table(title=f"finetuned models of {args.experiment}")
     for column in ("rank", "test", "val", "params", "architecture", "location"):
@@ -82,7 +93,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Copy one model directory and print where it went."""
-    from nasagent.models import pull_model
+    from nasagent.training.models import pull_model
 
     store = _checked_store(args)
     print(pull_model(store, args.experiment, args.rank, args.out))

@@ -14,7 +14,9 @@ from nasagent.errors import ConfigError
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` subcommand (called by ``nasagent.cli`` when it builds its parser)."""
-    parser = subparsers.add_parser("report", help="write an HTML report of an experiment (figures, leaderboard, failures)")
+    parser = subparsers.add_parser(
+        "report", help="write an HTML report of an experiment (figures, leaderboard, failures)"
+    )
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--out", required=True, help="directory for index.html, report.json and leaderboard.md")
     parser.add_argument("-k", type=int, default=25, help="leaderboard size (default 25)")
@@ -24,8 +26,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the report from the store and write it; matplotlib is imported only here."""
-    from nasagent.cli import connect
-    from nasagent.report import build_report, write_report
+    from nasagent.persistence.postgres import connect
+    from nasagent.results.report import build_report, write_report
 
     if args.k < 1:
         raise ConfigError(f"-k must be at least 1, got {args.k}")

@@ -23,20 +23,15 @@ prints the outcome JSON. Bad input exits 2 with one line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
-import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nasagent.config import SearchConfig
-from nasagent.errors import ConfigError, StoreError
-from nasagent.networks import parse_network
-from nasagent.runners.cluster import ATTEMPT_ENV, outcome_to_json
-from nasagent.store.embedded import nasagent_home
-from nasagent.store.postgres import Store
-from nasagent.trial import TrialOutcome, TrialSettings, TrialSpec, run_trial, trial_seed
+from nasagent.core.datasets import resolve_dataset
+from nasagent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nasagent.core.trial import TrialOutcome
 
 # Flags that describe a standalone trial; in cluster mode they come from the experiment.
 _STANDALONE = ("arch", "dataset", "space", "epochs", "seed", "val_size")
@@ -50,11 +45,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--db", help="cluster mode: postgresql:// URL (default $NASAGENT_DB)")
     parser.add_argument("--arch", help='standalone: the architecture, e.g. "[C(32,3,1), SM(10)]"')
     parser.add_argument("--dataset", help="standalone: digits | npz:PATH | mnist | ... (default digits)")
-    parser.add_argument("--space", help="standalone: space preset or YAML whose activation/dropout to use (default metaqnn-small)")
+    parser.add_argument(
+        "--space", help="standalone: space preset or YAML whose activation/dropout to use (default metaqnn-small)"
+    )
     parser.add_argument("--epochs", type=int, help="standalone: training epochs (default 20)")
     parser.add_argument("--seed", type=int, help="standalone: experiment seed (default 0)")
     parser.add_argument("--val-size", type=float, help="standalone: validation split, count or fraction")
-    parser.add_argument("--data-dir", help="where datasets are downloaded (default: the experiment's if it exists here, else $NASAGENT_HOME/data)")
+    parser.add_argument(
+        "--data-dir",
+        help="where datasets are downloaded (default: the experiment's if it exists here, else $NASAGENT_HOME/data)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", help="also write the outcome JSON to this file")
     parser.set_defaults(handler=cmd_trial)
@@ -66,19 +66,30 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if cluster:
         given = [f"--{name.replace('_', '-')}" for name in _STANDALONE if getattr(args, name) is not None]
         if given:
-            raise ConfigError(f"--experiment/--trial-id train the trial as its experiment says; leave out {', '.join(given)}")
+            raise ConfigError(
+                f"--experiment/--trial-id train the trial as its experiment says; leave out {', '.join(given)}"
+            )
         if args.experiment is None or args.trial_id is None:
             raise ConfigError("cluster mode needs both --experiment and --trial-id")
-        from nasagent.cli import connect
+        from nasagent.execution.worker import attempt_from_env, record_trial
+        from nasagent.persistence.postgres import connect
 
         with connect(args.db) as store:
-            outcome = record_trial(store, args.experiment, args.trial_id, attempt_from_env(), args.device, args.data_dir)
+            outcome = record_trial(
+                store, args.experiment, args.trial_id, attempt_from_env(), args.device, args.data_dir
+            )
     elif args.arch is not None:
         if args.db is not None:
-            raise ConfigError("--db is for cluster mode (--experiment, --trial-id); a standalone trial uses no database")
+            raise ConfigError(
+                "--db is for cluster mode (--experiment, --trial-id); a standalone trial uses no database"
+            )
         outcome = standalone_trial(args)
     else:
-        raise ConfigError("give --experiment NAME --trial-id ID (a trial of a search) or --arch ARCH (a standalone trial)")
+        raise ConfigError(
+            "give --experiment NAME --trial-id ID (a trial of a search) or --arch ARCH (a standalone trial)"
+        )
+    from nasagent.core.trial import outcome_to_json
+
     text = json.dumps(outcome_to_json(outcome), indent=2)
     print(text)
     if args.out:
@@ -89,60 +100,18 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def attempt_from_env() -> int:
-    """The attempt number a launcher put in ``NASAGENT_ATTEMPT`` (1 when unset)."""
-    raw = os.environ.get(ATTEMPT_ENV, "").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{ATTEMPT_ENV} must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
-def record_trial(store: Store, experiment: str, trial_id: int, attempt: int, device: str = "auto", data_dir: str | None = None) -> TrialOutcome:
-    """Train trial ``trial_id`` of ``experiment`` and write its outcome to ``trial_results``.
-
-    Trains with the experiment's stored settings and the trial seed the agent would use, so a
-    trial trains the same way in a pod as in a local worker. A training that crashes is recorded
-    as a failed outcome (as the local runner does); data that cannot be loaded raise (exit 2).
-    """
-    from nasagent.search import trial_settings
-
-    found = store.get_experiment(experiment)
-    trial = store.trial(trial_id)
-    if trial is None or trial.experiment_id != found.id:
-        raise StoreError(f"experiment {experiment!r} has no trial {trial_id}")
-    config = SearchConfig.from_dict(found.config)
-    settings = trial_settings(config, device)
-    if data_dir is None and not Path(settings.data_dir).is_dir():
-        # The stored data directory is the agent's; a pod elsewhere downloads into its own home.
-        data_dir = str(nasagent_home() / "data")
-    if data_dir:
-        settings = dataclasses.replace(settings, data_dir=data_dir)
-    artifacts = os.environ.get("NASAGENT_ARTIFACTS")
-    if artifacts:  # set by the launcher when the search keeps checkpoints: save this trial's weights there
-        settings = dataclasses.replace(settings, artifacts=artifacts, experiment=experiment)
-    spec = TrialSpec(trial.id, trial.arch, trial_seed(config.seed, trial.digest))
-    data = settings.load_data()
-    worker = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod's name in Kubernetes
-    try:
-        outcome = run_trial(spec, data, settings, worker=worker)
-    except Exception as exc:  # a bug or a bad network must still end as a recorded failure
-        outcome = TrialOutcome.failed(spec.trial_id, f"trial crashed: {type(exc).__name__}: {exc}", data.num_classes, worker)
-    with store.transaction() as tx:
-        tx.save_trial_result(trial.id, attempt, outcome_to_json(outcome))
-    return outcome
-
-
 def standalone_trial(args: argparse.Namespace) -> TrialOutcome:
     """Train ``--arch`` with the standalone flags, no database; return the outcome (trial id 0)."""
-    from nasagent.search import trial_settings
+    from nasagent.config import SearchConfig
+    from nasagent.execution.worker import standalone_trial as train_standalone
 
-    arch = parse_network(args.arch)
-    dataset = args.dataset or "digits"
-    if dataset.startswith("npz:"):
-        dataset = "npz:" + str(Path(dataset[4:]).expanduser().resolve())
-    given = {"dataset": dataset, "space": args.space, "epochs": args.epochs, "seed": args.seed, "val_size": args.val_size, "data_dir": args.data_dir}
+    given = {
+        "dataset": resolve_dataset(args.dataset or "digits"),
+        "space": args.space,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "val_size": args.val_size,
+        "data_dir": args.data_dir,
+    }
     config = SearchConfig(**{k: v for k, v in given.items() if v is not None})
-    settings: TrialSettings = trial_settings(config, args.device)
-    data = settings.load_data()
-    spec = TrialSpec(0, str(arch), trial_seed(config.seed, arch.digest))
-    return run_trial(spec, data, settings, worker=socket.gethostname())
+    return train_standalone(config, args.arch, args.device)

@@ -2,7 +2,7 @@
 
 The dynamics are pure and kept apart from evaluation: :func:`step` maps (state, action) to the
 next state, the termination rules that fired and *which network's accuracy* the reward needs;
-:class:`NASEnv` (a ``gymnasium.Env``) and the searchers in :mod:`nasagent.envs.driver` both use it.
+:class:`NASEnv` (a ``gymnasium.Env``) and the searchers in :mod:`nasagent.strategies.env_driver` both use it.
 
 **Actions** (Table 2). A0-A2 add a convolution with kernel 1, 3, 5; A3-A4 a max pooling with
 window 2, 3; A5-A6 an average pooling with window 2, 3; A7 the terminal. Multi-branch adds A8
@@ -37,29 +37,57 @@ see and the state is not Markov; the authors' code leaves the pointers out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from nasagent.errors import ConfigError
-from nasagent.nsc import (
-    ADD, AVG_POOL, CONCAT, CONV, MAX_KERNEL, MAX_POOL, NUM_TYPES, TERMINAL, NSCLayer, NSCNetwork,
+from nasagent.core.nsc import (
+    ADD,
+    AVG_POOL,
+    CONCAT,
+    CONV,
+    MAX_KERNEL,
+    MAX_POOL,
+    NUM_TYPES,
+    TERMINAL,
+    NSCLayer,
+    NSCNetwork,
 )
+from nasagent.errors import ConfigError
 
 # (type, kernel) of the layer-adding actions A0-A6, in Table 2's order.
 LAYER_ACTIONS: tuple[tuple[int, int], ...] = (
-    (CONV, 1), (CONV, 3), (CONV, 5), (MAX_POOL, 2), (MAX_POOL, 3), (AVG_POOL, 2), (AVG_POOL, 3),
+    (CONV, 1),
+    (CONV, 3),
+    (CONV, 5),
+    (MAX_POOL, 2),
+    (MAX_POOL, 3),
+    (AVG_POOL, 2),
+    (AVG_POOL, 3),
 )
 A_TERMINAL, A_ADD, A_CONCAT = 7, 8, 9
 A_P1_UP, A_P1_DOWN, A_P2_UP, A_P2_DOWN = 10, 11, 12, 13
 CHAIN_ACTIONS, MULTI_BRANCH_ACTIONS = 8, 14
 
 ACTION_NAMES = (
-    "conv1", "conv3", "conv5", "maxpool2", "maxpool3", "avgpool2", "avgpool3", "terminal",
-    "add", "concat", "p1-up", "p1-down", "p2-up", "p2-down",
+    "conv1",
+    "conv3",
+    "conv5",
+    "maxpool2",
+    "maxpool3",
+    "avgpool2",
+    "avgpool3",
+    "terminal",
+    "add",
+    "concat",
+    "p1-up",
+    "p1-down",
+    "p2-up",
+    "p2-down",
 )
 
 
@@ -136,14 +164,20 @@ class NSCState:
     def to_json(self) -> dict[str, Any]:
         return {
             "layers": [[l.index, l.type, l.kernel, l.pred1, l.pred2] for l in self.layers],
-            "terminal": self.terminal, "shift1": self.shift1, "shift2": self.shift2, "steps": self.steps,
+            "terminal": self.terminal,
+            "shift1": self.shift1,
+            "shift2": self.shift2,
+            "steps": self.steps,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NSCState:
         return cls(
-            tuple(NSCLayer(*row) for row in data["layers"]), bool(data["terminal"]),
-            int(data["shift1"]), int(data["shift2"]), int(data["steps"]),
+            tuple(NSCLayer(*row) for row in data["layers"]),
+            bool(data["terminal"]),
+            int(data["shift1"]),
+            int(data["shift2"]),
+            int(data["steps"]),
         )
 
 
@@ -182,8 +216,11 @@ def step(space: NSCSpace, state: NSCState, action: int) -> Step:
         delta = -1 if action in (A_P1_UP, A_P2_UP) else 1
         first = action in (A_P1_UP, A_P1_DOWN)
         after = NSCState(
-            state.layers, False,
-            state.shift1 + (delta if first else 0), state.shift2 + (0 if first else delta), state.steps + 1,
+            state.layers,
+            False,
+            state.shift1 + (delta if first else 0),
+            state.shift2 + (0 if first else delta),
+            state.steps + 1,
         )
         out_of_bounds = any(not 0 <= p <= n for p in after.pointers)
         if out_of_bounds:
@@ -278,7 +315,9 @@ class NASEnv(gym.Env):
             self.evaluations += 1
         return self.cache[key]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.state = NSCState()
         self._over = False
@@ -293,7 +332,9 @@ class NASEnv(gym.Env):
         self.state = result.after
         self._over = result.done
         info = {
-            "rules": result.rules, "kind": result.kind, "accuracy": accuracy,
+            "rules": result.rules,
+            "kind": result.kind,
+            "accuracy": accuracy,
             "network": str(result.after.network(self.space.num_classes)),
         }
         return encode(self.space, self.state), float(reward), result.done, False, info
@@ -313,7 +354,8 @@ def space_from_options(options: dict[str, Any], input_shape: tuple[int, int, int
     multi_branch = as_bool(options.get("multi_branch", False), "multi_branch")
     try:
         return NSCSpace(
-            tuple(int(v) for v in input_shape), int(num_classes),  # type: ignore[arg-type]
+            tuple(int(v) for v in input_shape),
+            int(num_classes),  # type: ignore[arg-type]
             depth=int(options.get("depth", 10)),
             tau=int(options.get("tau", 20 if multi_branch else 10)),
             multi_branch=multi_branch,
@@ -338,7 +380,23 @@ def as_bool(value: Any, name: str) -> bool:
 
 
 __all__ = [
-    "ACTION_NAMES", "A_ADD", "A_CONCAT", "A_P1_DOWN", "A_P1_UP", "A_P2_DOWN", "A_P2_UP", "A_TERMINAL",
-    "CHAIN_ACTIONS", "LAYER_ACTIONS", "MULTI_BRANCH_ACTIONS", "NASEnv", "NSCSpace", "NSCState", "SPACE_OPTIONS",
-    "Step", "encode", "space_from_options", "step",
+    "ACTION_NAMES",
+    "A_ADD",
+    "A_CONCAT",
+    "A_P1_DOWN",
+    "A_P1_UP",
+    "A_P2_DOWN",
+    "A_P2_UP",
+    "A_TERMINAL",
+    "CHAIN_ACTIONS",
+    "LAYER_ACTIONS",
+    "MULTI_BRANCH_ACTIONS",
+    "NASEnv",
+    "NSCSpace",
+    "NSCState",
+    "SPACE_OPTIONS",
+    "Step",
+    "encode",
+    "space_from_options",
+    "step",
 ]

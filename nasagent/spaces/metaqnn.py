@@ -14,15 +14,15 @@ that lands in the bin.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from nasagent.arch import FC, GAP, Architecture, Conv, Layer, Pool, Softmax
-from nasagent.build import output_size
+from nasagent.core.arch import FC, GAP, Architecture, Conv, Layer, Pool, Softmax, output_size
 from nasagent.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -83,7 +83,9 @@ class SpaceConfig:
                 fc_units=tuple(_positive(v, "fc.units") for v in fc.get("units", [])),
                 fc_max_consecutive=_optional_positive(fc.get("max_consecutive", 2), "fc.max_consecutive"),
                 fc_max_size=_optional_positive(fc.get("max_size"), "fc.max_size"),
-                size_bins=None if bins is None else tuple(sorted((_positive(b, "size_bins") for b in bins), reverse=True)),
+                size_bins=None
+                if bins is None
+                else tuple(sorted((_positive(b, "size_bins") for b in bins), reverse=True)),
                 terminals=tuple(str(t) for t in data.get("terminals", ["gap", "softmax"])),
                 activation=str(build.get("activation", "relu")),
                 dropout=str(build.get("dropout", "paper")),
@@ -268,7 +270,9 @@ class MetaQNNSpace:
         states = [state]
         for layer in arch.layers:
             if layer not in self.actions(state):
-                raise ConfigError(f"{arch} is not in space {self.config.name!r}: {layer} not allowed after state {state.key}")
+                raise ConfigError(
+                    f"{arch} is not in space {self.config.name!r}: {layer} not allowed after state {state.key}"
+                )
             state, size = self.step(state, size, layer)
             states.append(state)
         return states

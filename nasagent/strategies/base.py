@@ -8,10 +8,36 @@ transaction as the trial record. That split lets one strategy run unchanged on a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nasagent.networks import Network
+from nasagent.core.networks import Network
+from nasagent.spaces.metaqnn import SpaceConfig
+from nasagent.strategies.schedule import EpsilonSchedule
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy factory is given: the experiment's settings and the shape of its data.
+
+    Built from the stored experiment config (``SearchConfig.strategy_context``), so a resumed
+    search builds the same strategy it started with.
+    """
+
+    seed: int
+    """Seeds every random choice the strategy makes (it owns and saves its generator)."""
+    options: Mapping[str, Any]
+    """``--option KEY=VALUE`` settings; the factory rejects keys it does not know."""
+    budget: int
+    """Unique architectures the search trains."""
+    input_shape: tuple[int, int, int]
+    """(C, H, W) of the images."""
+    num_classes: int
+    space: SpaceConfig
+    """The experiment's MetaQNN space (``--space``), for the strategies that search it."""
+    schedule: EpsilonSchedule
+    """The ε schedule (``--schedule``), for the strategies that follow it."""
 
 
 @dataclass(frozen=True)

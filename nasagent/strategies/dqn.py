@@ -31,23 +31,30 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nasagent.envs.driver import EnvStrategy
 from nasagent.envs.nas_env import SPACE_OPTIONS, NSCSpace, Step, encode, space_from_options
 from nasagent.errors import ConfigError
+from nasagent.strategies.base import StrategyContext
+from nasagent.strategies.env_driver import EnvStrategy
 from nasagent.strategies.registry import check_options
-
-if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
 
 T_MAX_PER_NETWORK = 10
 """Default t_max: environment steps per network of the agent's budget."""
-OPTIONS = SPACE_OPTIONS | {"t_max", "exploration_fraction", "batch_size", "lr", "gamma", "learning_starts", "target_update", "train_freq"}
+OPTIONS = SPACE_OPTIONS | {
+    "t_max",
+    "exploration_fraction",
+    "batch_size",
+    "lr",
+    "gamma",
+    "learning_starts",
+    "target_update",
+    "train_freq",
+}
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,13 @@ class DQNConfig:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        if min(self.t_max, self.batch_size, self.target_update, self.train_freq, self.hidden) < 1 or self.learning_starts < 0:
-            raise ConfigError("t_max, batch_size, target_update, train_freq must be at least 1 and learning_starts non-negative")
+        if (
+            min(self.t_max, self.batch_size, self.target_update, self.train_freq, self.hidden) < 1
+            or self.learning_starts < 0
+        ):
+            raise ConfigError(
+                "t_max, batch_size, target_update, train_freq must be at least 1 and learning_starts non-negative"
+            )
         if not 0.0 < self.exploration_fraction <= 1.0 or not 0.0 < self.gamma <= 1.0 or self.lr <= 0:
             raise ConfigError(
                 f"need 0 < exploration_fraction <= 1, 0 < gamma <= 1, lr > 0; got {self.exploration_fraction}, {self.gamma}, {self.lr}"
@@ -87,7 +99,9 @@ class DQNConfig:
 
 
 def q_network(inputs: int, actions: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, actions))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, actions)
+    )
 
 
 class ReplayBuffer:
@@ -119,22 +133,32 @@ class ReplayBuffer:
             return torch.from_numpy(np.unpackbits(bits, axis=1, count=self.obs_bits).astype(np.float32))
 
         return (
-            unpack(self.obs[idx]), torch.from_numpy(self.actions[idx]), torch.from_numpy(self.rewards[idx]),
-            unpack(self.next_obs[idx]), torch.from_numpy(self.dones[idx]),
+            unpack(self.obs[idx]),
+            torch.from_numpy(self.actions[idx]),
+            torch.from_numpy(self.rewards[idx]),
+            unpack(self.next_obs[idx]),
+            torch.from_numpy(self.dones[idx]),
         )
 
     def to_tensors(self) -> dict[str, Any]:
         n = self.size
         return {
-            "obs": torch.from_numpy(self.obs[:n].copy()), "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
-            "actions": torch.from_numpy(self.actions[:n].copy()), "rewards": torch.from_numpy(self.rewards[:n].copy()),
-            "dones": torch.from_numpy(self.dones[:n].copy()), "position": self.position,
+            "obs": torch.from_numpy(self.obs[:n].copy()),
+            "next_obs": torch.from_numpy(self.next_obs[:n].copy()),
+            "actions": torch.from_numpy(self.actions[:n].copy()),
+            "rewards": torch.from_numpy(self.rewards[:n].copy()),
+            "dones": torch.from_numpy(self.dones[:n].copy()),
+            "position": self.position,
         }
 
     def load_tensors(self, data: dict[str, Any]) -> None:
         n = len(data["actions"])
         self.obs[:n], self.next_obs[:n] = data["obs"].numpy(), data["next_obs"].numpy()
-        self.actions[:n], self.rewards[:n], self.dones[:n] = data["actions"].numpy(), data["rewards"].numpy(), data["dones"].numpy()
+        self.actions[:n], self.rewards[:n], self.dones[:n] = (
+            data["actions"].numpy(),
+            data["rewards"].numpy(),
+            data["dones"].numpy(),
+        )
         self.size, self.position = n, int(data["position"])
 
 
@@ -172,7 +196,9 @@ class DQNStrategy(EnvStrategy):
 
     def learn(self, lane_id: int, result: Step, reward: float) -> None:
         cfg = self.config
-        self.buffer.add(encode(self.space, result.before), result.action, reward, encode(self.space, result.after), result.done)
+        self.buffer.add(
+            encode(self.space, result.before), result.action, reward, encode(self.space, result.after), result.done
+        )
         if self.buffer.size >= max(cfg.learning_starts, 1) and self.env_steps % cfg.train_freq == 0:
             self._train()
         if self.env_steps % cfg.target_update == 0:
@@ -194,8 +220,10 @@ class DQNStrategy(EnvStrategy):
     # -- persistence ----------------------------------------------------------------------------
     def learner_state(self) -> dict[str, Any]:
         blob = {
-            "q": self.q.state_dict(), "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.to_tensors(),
+            "q": self.q.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.to_tensors(),
         }
         buffer = io.BytesIO()
         torch.save(blob, buffer)
@@ -213,14 +241,14 @@ class DQNStrategy(EnvStrategy):
         return {**super().summary(), "epsilon": self.epsilon_now(), "gradient_steps": self.gradient_steps}
 
 
-def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> DQNStrategy:
+def from_context(ctx: StrategyContext) -> DQNStrategy:
     """``--strategy dqn``; options: depth, tau, multi_branch, sigma (the environment), t_max,
     exploration_fraction, batch_size, lr, gamma, learning_starts, target_update, train_freq."""
-    check_options(config.options, OPTIONS, "dqn")
-    o = config.options
+    check_options(ctx.options, OPTIONS, "dqn")
+    o = ctx.options
     try:
         cfg = DQNConfig(
-            t_max=int(o.get("t_max", T_MAX_PER_NETWORK * config.budget)),
+            t_max=int(o.get("t_max", T_MAX_PER_NETWORK * ctx.budget)),
             exploration_fraction=float(o.get("exploration_fraction", 0.1)),
             batch_size=int(o.get("batch_size", 20)),
             lr=float(o.get("lr", 5e-4)),
@@ -231,4 +259,4 @@ def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_cla
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad dqn option: {exc}") from None
-    return DQNStrategy(space_from_options(o, input_shape, num_classes), config.seed, cfg)
+    return DQNStrategy(space_from_options(o, ctx.input_shape, ctx.num_classes), ctx.seed, cfg)

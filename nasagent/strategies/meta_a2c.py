@@ -25,7 +25,7 @@ Departures, and where the paper is silent:
 * Optimiser: RMSProp (decay 0.99, ε 1e-5), value-loss coefficient 0.5 and gradient-norm clipping
   at 0.5, the defaults of OpenAI baselines' A2C on which the authors built; the paper gives only
   the learning rate, γ, η and j.
-* With W parallel workers each lane (see :mod:`nasagent.envs.driver`) has its own recurrent state
+* With W parallel workers each lane (see :mod:`nasagent.strategies.env_driver`) has its own recurrent state
   and rollout, and a lane's update may use weights another lane has updated meanwhile (as in A3C).
   With W = 1 this is the paper's single-worker A2C.
 """
@@ -36,19 +36,17 @@ import base64
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nasagent.envs.driver import EnvStrategy, Lane
 from nasagent.envs.nas_env import SPACE_OPTIONS, NSCSpace, Step, as_bool, encode, space_from_options
 from nasagent.errors import ConfigError
+from nasagent.strategies.base import StrategyContext
+from nasagent.strategies.env_driver import EnvStrategy, Lane
 from nasagent.strategies.registry import check_options
-
-if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
 
 POLICY_FORMAT = "nasagent-meta-a2c/1"
 OPTIONS = SPACE_OPTIONS | {"policy", "learn", "horizon", "gamma", "entropy", "lr"}
@@ -146,7 +144,13 @@ class MetaA2CStrategy(EnvStrategy):
 
     name = "meta-a2c"
 
-    def __init__(self, space: NSCSpace, seed: int, config: MetaA2CConfig | None = None, weights: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        space: NSCSpace,
+        seed: int,
+        config: MetaA2CConfig | None = None,
+        weights: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(space, seed)
         self.config = config or MetaA2CConfig()
         self.net = MetaA2CNet(input_size(space), space.n_actions, self.config.hidden)
@@ -202,7 +206,11 @@ class MetaA2CStrategy(EnvStrategy):
         chosen = log_probs.gather(1, torch.tensor(memory.actions)[:, None])[:, 0]
         advantage = target - values.detach()
         entropy = -(log_probs.exp() * log_probs).sum(dim=1)
-        loss = -(chosen * advantage).mean() + cfg.value_coef * ((target - values) ** 2).mean() - cfg.entropy * entropy.mean()
+        loss = (
+            -(chosen * advantage).mean()
+            + cfg.value_coef * ((target - values) ** 2).mean()
+            - cfg.entropy * entropy.mean()
+        )
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
@@ -214,7 +222,10 @@ class MetaA2CStrategy(EnvStrategy):
     def learner_state(self) -> dict[str, Any]:
         lanes = [
             {
-                "h": m.h, "c": m.c, "h0": m.h0, "c0": m.c0,
+                "h": m.h,
+                "c": m.c,
+                "h0": m.h0,
+                "c0": m.c0,
                 "inputs": torch.from_numpy(np.stack(m.inputs)) if m.inputs else torch.zeros(0, input_size(self.space)),
                 "actions": torch.tensor(m.actions, dtype=torch.int64),
                 "rewards": torch.tensor(m.rewards, dtype=torch.float64),
@@ -230,8 +241,13 @@ class MetaA2CStrategy(EnvStrategy):
         self.optimizer.load_state_dict(blob["optimizer"])
         self.memory = [
             LaneMemory(
-                m["h"], m["c"], m["h0"], m["c0"],
-                [row.numpy() for row in m["inputs"]], [int(a) for a in m["actions"]], [float(r) for r in m["rewards"]],
+                m["h"],
+                m["c"],
+                m["h0"],
+                m["c0"],
+                [row.numpy() for row in m["inputs"]],
+                [int(a) for a in m["actions"]],
+                [float(r) for r in m["rewards"]],
             )
             for m in blob["lanes"]
         ]
@@ -282,24 +298,30 @@ def save_policy_from_state(state: dict[str, Any], path: Path) -> None:
     save_policy(path, blob["net"], state["space"], int(state["learner"]["hidden"]))
 
 
-def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> MetaA2CStrategy:
+def from_context(ctx: StrategyContext) -> MetaA2CStrategy:
     """``--strategy meta-a2c [--policy FILE]``; options: depth, tau, multi_branch, sigma (the
     environment), learn, horizon (j: 5 chained, 10 multi-branch as in §6.2), gamma, entropy, lr.
     With a policy the environment's depth and action set are the policy's, τ defaults to its, and
     the policy is fixed unless learn=true."""
-    check_options(config.options, OPTIONS, "meta-a2c")
-    options = dict(config.options)
+    check_options(ctx.options, OPTIONS, "meta-a2c")
+    options = dict(ctx.options)
     weights = None
     if options.get("policy"):
         weights, trained, hidden = load_policy(options["policy"])
         for key in ("depth", "multi_branch"):
-            if key in options and space_from_options({key: options[key]}, input_shape, num_classes).describe()[key] != trained[key]:
-                raise ConfigError(f"--option {key}={options[key]} does not match the policy, trained with {key}={trained[key]}")
+            if (
+                key in options
+                and space_from_options({key: options[key]}, ctx.input_shape, ctx.num_classes).describe()[key]
+                != trained[key]
+            ):
+                raise ConfigError(
+                    f"--option {key}={options[key]} does not match the policy, trained with {key}={trained[key]}"
+                )
         for key, value in trained.items():
             options.setdefault(key, value)
         if hidden != MetaA2CConfig.hidden:
             raise ConfigError(f"--policy {options['policy']}: LSTM of {hidden} units, expected {MetaA2CConfig.hidden}")
-    space = space_from_options(options, input_shape, num_classes)
+    space = space_from_options(options, ctx.input_shape, ctx.num_classes)
     try:
         cfg = MetaA2CConfig(
             horizon=int(options.get("horizon", 10 if space.multi_branch else 5)),  # §6.2: j = 10 multi-branch
@@ -311,6 +333,8 @@ def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_cla
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad meta-a2c option: {exc}") from None
     try:
-        return MetaA2CStrategy(space, config.seed, cfg, weights)
+        return MetaA2CStrategy(space, ctx.seed, cfg, weights)
     except RuntimeError as exc:  # weights of another shape than the file's settings promise
-        raise ConfigError(f"--policy {options['policy']}: weights do not fit ({str(exc).splitlines()[0][:120]})") from None
+        raise ConfigError(
+            f"--policy {options['policy']}: weights do not fit ({str(exc).splitlines()[0][:120]})"
+        ) from None

@@ -8,20 +8,17 @@ trajectory in temporally reversed order (Algorithm 3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from nasagent.arch import Architecture, Layer
-from nasagent.networks import Network
+from nasagent.core.arch import Architecture, Layer
+from nasagent.core.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace, State
-from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.base import Proposal, Strategy, StrategyContext
 from nasagent.strategies.registry import check_options
 from nasagent.strategies.schedule import EpsilonSchedule
-
-if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,9 @@ class QLearningStrategy(Strategy):
 
     name = "qlearning"
 
-    def __init__(self, space: MetaQNNSpace, schedule: EpsilonSchedule, seed: int, config: QLearningConfig | None = None) -> None:
+    def __init__(
+        self, space: MetaQNNSpace, schedule: EpsilonSchedule, seed: int, config: QLearningConfig | None = None
+    ) -> None:
         self.space = space
         self.schedule = schedule
         self.config = config or QLearningConfig()
@@ -130,7 +129,9 @@ class QLearningStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 
-    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]) -> None:
+    def restore(
+        self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]
+    ) -> None:
         if state is not None:
             self.rng.bit_generator.state = state["rng"]
         self.q = {}
@@ -148,8 +149,8 @@ class QLearningStrategy(Strategy):
         return changes
 
 
-def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> QLearningStrategy:
-    """MetaQNN over the experiment's space; α, γ, Q₀ and K come from ``config.qlearning``."""
-    check_options(config.options, set(), "qlearning")
-    space = MetaQNNSpace(config.space_config(), min(input_shape[1:]), num_classes)
-    return QLearningStrategy(space, config.epsilon_schedule(), config.seed, config.qlearning)
+def from_context(ctx: StrategyContext) -> QLearningStrategy:
+    """MetaQNN over the experiment's space; its options are α, γ, Q₀ and K (``QLearningConfig``)."""
+    check_options(ctx.options, {f.name for f in fields(QLearningConfig)}, "qlearning")
+    space = MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes)
+    return QLearningStrategy(space, ctx.schedule, ctx.seed, QLearningConfig(**ctx.options))

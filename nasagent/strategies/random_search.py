@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from nasagent.networks import Network
+from nasagent.core.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace
-from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.base import Proposal, Strategy, StrategyContext
 from nasagent.strategies.registry import check_options
-
-if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
 
 
 class RandomStrategy(Strategy):
@@ -34,12 +31,14 @@ class RandomStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 
-    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]) -> None:
+    def restore(
+        self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]
+    ) -> None:
         if state is not None:
             self.rng.bit_generator.state = state["rng"]
 
 
-def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> RandomStrategy:
+def from_context(ctx: StrategyContext) -> RandomStrategy:
     """Uniform random walks over the experiment's MetaQNN space."""
-    check_options(config.options, set(), "random")
-    return RandomStrategy(MetaQNNSpace(config.space_config(), min(input_shape[1:]), num_classes), config.seed)
+    check_options(ctx.options, set(), "random")
+    return RandomStrategy(MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes), ctx.seed)

@@ -1,7 +1,7 @@
 """Which searchers exist: ``--strategy NAME`` -> a factory, imported only when chosen.
 
-A factory is ``from_config(config: SearchConfig, input_shape: (C, H, W), num_classes) -> Strategy``;
-it reads its own settings from ``config.options`` (``--option KEY=VALUE``) and rejects unknown keys.
+A factory is ``from_context(ctx: StrategyContext) -> Strategy``; it reads its own settings from
+``ctx.options`` (``--option KEY=VALUE``) and rejects unknown keys.
 """
 
 from __future__ import annotations
@@ -12,26 +12,25 @@ from typing import TYPE_CHECKING
 from nasagent.errors import ConfigError
 
 if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
-    from nasagent.strategies.base import Strategy
+    from nasagent.strategies.base import Strategy, StrategyContext
 
 STRATEGIES: dict[str, str] = {
-    "qlearning": "nasagent.strategies.qlearning:from_config",
-    "random": "nasagent.strategies.random_search:from_config",
-    "reinforce": "nasagent.strategies.reinforce:from_config",
-    "meta-a2c": "nasagent.strategies.meta_a2c:from_config",
-    "dqn": "nasagent.strategies.dqn:from_config",
-    "random-nsc": "nasagent.envs.driver:from_config",
+    "qlearning": "nasagent.strategies.qlearning:from_context",
+    "random": "nasagent.strategies.random_search:from_context",
+    "reinforce": "nasagent.strategies.reinforce:from_context",
+    "meta-a2c": "nasagent.strategies.meta_a2c:from_context",
+    "dqn": "nasagent.strategies.dqn:from_context",
+    "random-nsc": "nasagent.strategies.random_nsc:from_context",
 }
 
 
-def make_strategy(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> Strategy:
-    """The searcher named by ``config.strategy``, for data of this shape and class count."""
-    target = STRATEGIES.get(config.strategy)
+def make_strategy(name: str, ctx: StrategyContext) -> Strategy:
+    """The searcher ``name`` (``--strategy``), built from the experiment's context."""
+    target = STRATEGIES.get(name)
     if target is None:
-        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {config.strategy!r}")
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)(config, input_shape, num_classes)
+    return getattr(importlib.import_module(module), function)(ctx)
 
 
 def check_options(options: dict[str, object], allowed: set[str], strategy: str) -> None:

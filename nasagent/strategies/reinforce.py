@@ -46,21 +46,19 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from nasagent.arch import Architecture, Conv, Softmax
+from nasagent.core.arch import Architecture, Conv, Softmax
+from nasagent.core.networks import Network
 from nasagent.errors import ConfigError
-from nasagent.networks import Network
-from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.base import Proposal, Strategy, StrategyContext
 from nasagent.strategies.registry import check_options
-
-if TYPE_CHECKING:
-    from nasagent.config import SearchConfig
 
 KINDS = ("filters", "kernel", "stride")
 INIT_RANGE = 0.08
@@ -102,15 +100,21 @@ class ReinforceConfig:
         for name in ("filters", "kernels", "strides"):
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-                raise ConfigError(f"--option {name} must be a non-empty list of positive whole numbers, got {list(values)!r}")
+                raise ConfigError(
+                    f"--option {name} must be a non-empty list of positive whole numbers, got {list(values)!r}"
+                )
             if len(set(values)) != len(values):
                 raise ConfigError(f"--option {name} lists a value twice: {list(values)!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ConfigError(f"--option beta must be in [0, 1), got {self.beta!r}")
         if self.clip is not None and not self.clip > 0:
-            raise ConfigError(f"--option clip must be none or a positive number (the seed uses 0.05 or 0.1), got {self.clip!r}")
+            raise ConfigError(
+                f"--option clip must be none or a positive number (the seed uses 0.05 or 0.1), got {self.clip!r}"
+            )
         if self.clip is not None and not self.baseline:
-            raise ConfigError("--option clip needs baseline=true: without a baseline it would clip every accuracy to +clip")
+            raise ConfigError(
+                "--option clip needs baseline=true: without a baseline it would clip every accuracy to +clip"
+            )
         if not self.entropy >= 0:
             raise ConfigError(f"--option entropy must be >= 0, got {self.entropy!r}")
         if not self.lr >= 0:
@@ -156,7 +160,11 @@ class ChainSpace:
 
     def __init__(self, config: ReinforceConfig, num_classes: int) -> None:
         self.depth = config.depth
-        self.choices: dict[str, tuple[int, ...]] = {"filters": config.filters, "kernel": config.kernels, "stride": config.strides}
+        self.choices: dict[str, tuple[int, ...]] = {
+            "filters": config.filters,
+            "kernel": config.kernels,
+            "stride": config.strides,
+        }
         self.num_classes = num_classes
 
     @property
@@ -185,7 +193,9 @@ class ChainSpace:
             or parsed.terminal != Softmax(self.num_classes)
             or not all(isinstance(layer, Conv) for layer in hidden)
         ):
-            raise ValueError(f"{parsed} is not in the REINFORCE space ({self.depth} convolutions then SM({self.num_classes}))")
+            raise ValueError(
+                f"{parsed} is not in the REINFORCE space ({self.depth} convolutions then SM({self.num_classes}))"
+            )
         indices = []
         for layer in hidden:
             for kind, value in zip(KINDS, (layer.filters, layer.kernel, layer.stride)):  # type: ignore[union-attr]
@@ -387,11 +397,13 @@ class ReinforceStrategy(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "torch": _pack({
-                "controller": self.controller.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(),
-            }),
+            "torch": _pack(
+                {
+                    "controller": self.controller.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "generator": self.generator.get_state(),
+                }
+            ),
             "baseline": self.baseline,
             "pending": dict(self.pending),
             "buffer": [[a, s] for a, s in self.buffer],
@@ -402,7 +414,9 @@ class ReinforceStrategy(Strategy):
             "summary": self.summary(),
         }
 
-    def restore(self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]) -> None:
+    def restore(
+        self, state: dict[str, Any] | None, values: dict[tuple[str, str], float], replay: list[tuple[Network, float]]
+    ) -> None:
         """Everything comes from ``state`` (the value table and replay memory are not used)."""
         if state is None:
             return
@@ -419,7 +433,7 @@ class ReinforceStrategy(Strategy):
         self.last_entropy = state["last_entropy"]
 
 
-def from_config(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> ReinforceStrategy:
+def from_context(ctx: StrategyContext) -> ReinforceStrategy:
     """REINFORCE over the space its ``--option`` settings define (``--space`` does not apply)."""
-    settings = ReinforceConfig.from_options(config.options)
-    return ReinforceStrategy(ChainSpace(settings, num_classes), config.seed, settings)
+    settings = ReinforceConfig.from_options(ctx.options)
+    return ReinforceStrategy(ChainSpace(settings, ctx.num_classes), ctx.seed, settings)

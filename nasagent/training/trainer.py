@@ -28,9 +28,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nasagent.arch import Architecture
-from nasagent.build import BuildOptions, build_model, count_params
+from nasagent.core.arch import Architecture
 from nasagent.errors import ConfigError
+from nasagent.training.build import BuildOptions, build_model, count_params
 from nasagent.training.data import DataBundle, Split
 
 EVAL_BATCH = 1024
@@ -63,13 +63,17 @@ class TrainConfig:
             if not self.lr_steps or any(not lr > 0 or n < 1 for lr, n in self.lr_steps):
                 raise ConfigError(f"lr_steps must be (lr > 0, epochs >= 1) pairs, got {self.lr_steps}")
             if sum(n for _, n in self.lr_steps) != self.epochs:
-                raise ConfigError(f"lr_steps cover {sum(n for _, n in self.lr_steps)} epochs but epochs is {self.epochs}")
+                raise ConfigError(
+                    f"lr_steps cover {sum(n for _, n in self.lr_steps)} epochs but epochs is {self.epochs}"
+                )
         if self.epochs < 1 or self.batch_size < 1 or self.lr_decay_every < 1:
             raise ConfigError(
                 f"epochs, batch_size and lr_decay_every must be at least 1, got {self.epochs}, {self.batch_size}, {self.lr_decay_every}"
             )
         if not self.lr > 0 or self.max_restarts < 0:
-            raise ConfigError(f"lr must be positive and max_restarts non-negative, got {self.lr} and {self.max_restarts}")
+            raise ConfigError(
+                f"lr must be positive and max_restarts non-negative, got {self.lr} and {self.max_restarts}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
 
@@ -138,7 +142,9 @@ def train_architecture(
     the same result. Raises ``ConfigError`` if the architecture's classes do not match the data.
     """
     if arch.terminal.classes != data.num_classes:
-        raise ConfigError(f"architecture {arch} predicts {arch.terminal.classes} classes but {data.name} has {data.num_classes}")
+        raise ConfigError(
+            f"architecture {arch} predicts {arch.terminal.classes} classes but {data.name} has {data.num_classes}"
+        )
     start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -155,8 +161,18 @@ def train_architecture(
     restarts = 0
 
     def result(status: str, accuracy: float, failure: str | None, state: dict | None = None) -> TrainResult:
-        return TrainResult(status, accuracy, failure, len(history), restarts, time.perf_counter() - start,  # type: ignore[arg-type]
-                           params, history, state, lrs)
+        return TrainResult(
+            status,
+            accuracy,
+            failure,
+            len(history),
+            restarts,
+            time.perf_counter() - start,  # type: ignore[arg-type]
+            params,
+            history,
+            state,
+            lrs,
+        )
 
     try:
         train_x, train_y = _to_device(data.train, device, memory_format)
@@ -185,7 +201,9 @@ def train_architecture(
                 if accuracy > best:
                     best = accuracy
                     if keep_weights:
-                        best_state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+                        best_state = {
+                            k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+                        }
                 if epoch == 0 and accuracy <= chance and restarts < cfg.max_restarts:
                     restarts += 1
                     base_lr *= cfg.restart_factor
@@ -208,7 +226,9 @@ def train_architecture(
     return result("failed", guessing, f"out of memory: {message}")
 
 
-def _to_device(split: Split, device: torch.device, memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    split: Split, device: torch.device, memory_format: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = split.x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
     return x, split.y.to(device, non_blocking=True)
 

@@ -1,0 +1,164 @@
+"""Local runner: W worker processes on this machine, each loading the data once and training trials.
+
+On a CPU-only machine each worker uses one thread (W workers use W cores without oversubscribing);
+with GPUs, worker i uses GPU ``i % n_gpus``. A worker that dies (OOM killer, segfault, ``kill -9``)
+turns its trial into a failed outcome and is replaced; the search goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import queue
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import torch
+
+from nasagent.core.trial import TrialOutcome, TrialSpec
+from nasagent.execution.base import Runner
+from nasagent.execution.worker import TrialSettings, run_trial
+
+
+def default_workers() -> int:
+    """One worker per GPU, else one per core."""
+    return torch.cuda.device_count() or os.cpu_count() or 1
+
+
+def _worker_main(name: str, settings: TrialSettings, tasks: Any, results: Any, parent: int) -> None:
+    """Worker process: load the data once, then train trials until told to stop (None) or until
+    the agent that started it is gone (a ``kill -9`` of the agent must not leave workers behind)."""
+    if settings.train.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(settings.train.device))
+    else:
+        torch.set_num_threads(1)
+    data = settings.load_data()
+    while True:
+        try:
+            spec = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
+        if spec is None:
+            return
+        try:
+            outcome = run_trial(spec, data, settings, worker=name)
+        except Exception as exc:  # a bug in one trial must not take the worker down silently
+            outcome = TrialOutcome.failed(
+                spec.trial_id, f"trial crashed: {type(exc).__name__}: {exc}", data.num_classes, name
+            )
+        results.put(outcome)
+
+
+@dataclass
+class _Worker:
+    name: str
+    process: SpawnProcess
+    tasks: Any
+    trial: TrialSpec | None = None
+
+
+class LocalRunner(Runner):
+    """Runs trials in ``workers`` local processes."""
+
+    def __init__(self, settings: TrialSettings, workers: int, num_classes: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.capacity = workers
+        self.settings = settings
+        self.num_classes = num_classes
+        self._ctx = mp.get_context("spawn")  # fork would copy torch's thread pools into the children
+        self._results = self._ctx.Queue()
+        self._gpus = torch.cuda.device_count()
+        self._workers = [self._start(i) for i in range(workers)]
+        self._idle_deaths = 0
+
+    def _start(self, index: int) -> _Worker:
+        settings = self.settings
+        if self._gpus and settings.train.device in ("auto", "cuda"):
+            settings = dataclasses.replace(
+                settings, train=dataclasses.replace(settings.train, device=f"cuda:{index % self._gpus}")
+            )
+        name = f"local-{index}"
+        tasks = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=_worker_main, args=(name, settings, tasks, self._results, os.getpid()), name=name, daemon=True
+        )
+        process.start()
+        return _Worker(name, process, tasks)  # type: ignore[arg-type]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(w.trial is not None for w in self._workers)
+
+    def submit(self, spec: TrialSpec) -> None:
+        worker = next((w for w in self._workers if w.trial is None), None)
+        if worker is None:
+            raise RuntimeError("submit called with every worker busy")
+        worker.trial = spec
+        worker.tasks.put(spec)
+
+    def wait(self, timeout: float) -> list[TrialOutcome]:
+        deadline = time.monotonic() + timeout
+        outcomes: list[TrialOutcome] = []
+        while True:
+            try:
+                # Once one result is in hand, only drain what is already there: an idle worker
+                # should get its next trial at once.
+                block = 0.0 if outcomes else max(0.0, min(0.2, deadline - time.monotonic()))
+                outcome = self._results.get(timeout=block) if block > 0 else self._results.get_nowait()
+                outcomes.append(self._release(outcome))
+                continue
+            except queue.Empty:
+                pass
+            outcomes += self._reap_dead()
+            if outcomes or time.monotonic() >= deadline:
+                return outcomes
+
+    def _release(self, outcome: TrialOutcome) -> TrialOutcome:
+        for worker in self._workers:
+            if worker.trial is not None and worker.trial.trial_id == outcome.trial_id:
+                worker.trial = None
+        return outcome
+
+    def _reap_dead(self) -> list[TrialOutcome]:
+        """Failed outcomes for trials whose worker died, and fresh workers in their place."""
+        outcomes = []
+        for index, worker in enumerate(self._workers):
+            if worker.process.is_alive():
+                continue
+            if worker.trial is not None:
+                # The result may have landed just before the worker died: prefer it.
+                try:
+                    late = self._results.get(timeout=0.1)
+                    outcomes.append(self._release(late))
+                    if worker.trial is None:
+                        continue
+                except queue.Empty:
+                    pass
+                reason = f"worker process died (exit code {worker.process.exitcode})"
+                outcomes.append(TrialOutcome.failed(worker.trial.trial_id, reason, self.num_classes, worker.name))
+            else:
+                # A worker that keeps dying before it takes a trial cannot even load the data.
+                self._idle_deaths += 1
+                if self._idle_deaths > 3 * self.capacity:
+                    raise RuntimeError(
+                        f"local workers keep dying before training (exit code {worker.process.exitcode})"
+                    )
+            self._workers[index] = self._start(index)
+        return outcomes
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.tasks.put(None)
+        for worker in self._workers:
+            worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=2)
+        self._workers = []

@@ -1,0 +1,115 @@
+"""The trial worker: an architecture string in, an outcome out.
+
+The same code runs in a local worker process (``LocalRunner``), in a Kubernetes pod or a KFP step
+(``nasagent trial --experiment --trial-id``, which records the outcome in ``trial_results``), and
+standalone (``nasagent trial --arch``). Everything a trial needs travels in ``TrialSettings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from nasagent.config import SearchConfig
+from nasagent.core.networks import parse_network
+from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_to_json, trial_seed
+from nasagent.errors import ConfigError, StoreError
+from nasagent.persistence.embedded import nasagent_home
+from nasagent.persistence.postgres import Store
+from nasagent.training.checkpoints import save_trial_checkpoint
+from nasagent.training.data import DataBundle
+from nasagent.training.settings import TrialSettings
+from nasagent.training.trainer import train_architecture
+
+ATTEMPT_ENV = "NASAGENT_ATTEMPT"
+"""The attempt number a cluster launcher gives a trial pod (1, 2, ... as it retries)."""
+
+
+def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker: str | None = None) -> TrialOutcome:
+    """Train one architecture and turn the result into an outcome. Never raises for a bad network."""
+    arch = parse_network(spec.arch)
+    started = time.perf_counter()
+    config = dataclasses.replace(settings.train, seed=spec.seed)
+    keep = settings.artifacts is not None and settings.experiment is not None
+    result = train_architecture(arch, data, config, settings.build, keep_weights=keep)
+    info: dict[str, Any] = {"epochs_run": result.epochs_run, "restarts": result.restarts, "history": result.history}
+    if keep:
+        error = save_trial_checkpoint(settings, spec, data, result)
+        if error:
+            info["checkpoint_error"] = error
+    return TrialOutcome(
+        trial_id=spec.trial_id,
+        status=result.status,
+        accuracy=result.accuracy,
+        params=result.params,
+        failure=result.failure,
+        train_seconds=time.perf_counter() - started,
+        worker=worker,
+        info=info,
+    )
+
+
+def run_trial_or_fail(
+    spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker: str | None = None
+) -> TrialOutcome:
+    """``run_trial``, with a crash (a bug, a network the builder rejects late) turned into a failed
+    outcome: a trial must always end as a recorded outcome, never take its worker or pod down."""
+    try:
+        return run_trial(spec, data, settings, worker=worker)
+    except Exception as exc:
+        return TrialOutcome.failed(
+            spec.trial_id, f"trial crashed: {type(exc).__name__}: {exc}", data.num_classes, worker
+        )
+
+
+def attempt_from_env() -> int:
+    """The attempt number a launcher put in ``NASAGENT_ATTEMPT`` (1 when unset)."""
+    raw = os.environ.get(ATTEMPT_ENV, "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{ATTEMPT_ENV} must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def record_trial(
+    store: Store, experiment: str, trial_id: int, attempt: int, device: str = "auto", data_dir: str | None = None
+) -> TrialOutcome:
+    """Train trial ``trial_id`` of ``experiment`` and write its outcome to ``trial_results``.
+
+    Trains with the experiment's stored settings and the trial seed the agent would use, so a
+    trial trains the same way in a pod as in a local worker. A training that crashes is recorded
+    as a failed outcome (as the local runner does); data that cannot be loaded raise (exit 2).
+    """
+    found = store.get_experiment(experiment)
+    trial = store.trial(trial_id)
+    if trial is None or trial.experiment_id != found.id:
+        raise StoreError(f"experiment {experiment!r} has no trial {trial_id}")
+    config = SearchConfig.from_dict(found.config)
+    settings = config.trial_settings(device)
+    if data_dir is None and not Path(settings.data_dir).is_dir():
+        # The stored data directory is the agent's; a pod elsewhere downloads into its own home.
+        data_dir = str(nasagent_home() / "data")
+    if data_dir:
+        settings = dataclasses.replace(settings, data_dir=data_dir)
+    artifacts = os.environ.get("NASAGENT_ARTIFACTS")
+    if artifacts:  # set by the launcher when the search keeps checkpoints: save this trial's weights there
+        settings = dataclasses.replace(settings, artifacts=artifacts, experiment=experiment)
+    spec = TrialSpec(trial.id, trial.arch, trial_seed(config.seed, trial.digest))
+    data = settings.load_data()
+    worker = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod's name in Kubernetes
+    outcome = run_trial_or_fail(spec, data, settings, worker)
+    with store.transaction() as tx:
+        tx.save_trial_result(trial.id, attempt, outcome_to_json(outcome))
+    return outcome
+
+
+def standalone_trial(config: SearchConfig, arch_text: str, device: str = "auto") -> TrialOutcome:
+    """Train ``arch_text`` as a trial of ``config`` would, without a database (trial id 0)."""
+    arch = parse_network(arch_text)
+    settings = config.trial_settings(device)
+    data = settings.load_data()
+    spec = TrialSpec(0, str(arch), trial_seed(config.seed, arch.digest))
+    return run_trial(spec, data, settings, worker=socket.gethostname())

@@ -1,0 +1,115 @@
+"""The live leaderboard of a search, kept in the artifact store and refreshed as trials finish.
+
+When a search has an artifact store (``--artifacts`` or ``$NASAGENT_ARTIFACTS``), the agent's
+progress hook calls ``LeaderboardPublisher`` after every step; whenever a trial has finished
+since the last call (a new model trained or failed; replay-dictionary hits change nothing here)
+it writes
+
+* ``<experiment>/reports/leaderboard.json``: ``{"status": <nasagent status --json>, "top": <nasagent top --json>, "updated_at": ...}``
+* ``<experiment>/reports/leaderboard.md``: the same table as ``nasagent report``'s ``leaderboard.md``
+
+so that a long search on a cluster can be followed from the object store (``mc cat``, the MinIO
+console) while it runs. A failing store is logged, never raised: the leaderboard must not stop
+a search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from nasagent.persistence.artifacts import ENV_URL, ArtifactError, ArtifactStore, experiment_key, open_artifacts
+
+if TYPE_CHECKING:
+    from nasagent.persistence.postgres import Store
+    from nasagent.search.loop import Progress
+
+log = logging.getLogger(__name__)
+
+LEADERBOARD_SIZE = 25
+
+
+def leaderboard_keys(experiment: str) -> tuple[str, str]:
+    """The keys of the live leaderboard: (``.../reports/leaderboard.json``, ``.../reports/leaderboard.md``)."""
+    return experiment_key(experiment, "reports", "leaderboard.json"), experiment_key(
+        experiment, "reports", "leaderboard.md"
+    )
+
+
+def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict[str, Any]]) -> str:
+    """The leaderboard table in Markdown (the columns of ``nasagent report``'s ``leaderboard.md``)."""
+    best = status.get("best_accuracy")
+    lines = [
+        f"# {experiment}: top {len(top)}",
+        "",
+        f"{status.get('unique_trained')} of {status.get('budget')} models trained, {status.get('failed')} failed, "
+        f"{status.get('running')} running, best accuracy {'-' if best is None else f'{best:.4f}'}.",
+        "",
+        "| rank | accuracy | params | ε | architecture |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for row in top:
+        eps = "-" if row.get("epsilon") is None else f"{row['epsilon']:.2f}"
+        params = "-" if row.get("params") is None else f"{row['params']:,}"
+        lines.append(f"| {row['rank']} | {row['accuracy']:.4f} | {params} | {eps} | `{row['arch']}` |")
+    return "\n".join(lines) + "\n"
+
+
+class LeaderboardPublisher:
+    """A progress hook writing the experiment's leaderboard to ``store`` whenever a trial finished."""
+
+    def __init__(self, db: Store, store: ArtifactStore, experiment: str, k: int = LEADERBOARD_SIZE) -> None:
+        leaderboard_keys(experiment)  # the name must be usable in keys: fail before the search starts
+        self.db = db
+        self.store = store
+        self.experiment = experiment
+        self.k = k
+        self._seen: tuple[int, int] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        """Publish if a model finished (trained or failed) since the last call, or on the first call."""
+        seen = (progress.unique_finished, progress.failed)
+        if seen != self._seen:
+            self._seen = seen
+            self.publish()
+
+    def publish(self) -> bool:
+        """Write both files now; False (and a logged warning) if the store failed."""
+        from nasagent.search.status import experiment_status, top_trials
+
+        status = experiment_status(self.db, self.experiment)
+        top = top_trials(self.db, self.experiment, self.k)
+        document = {
+            "status": status,
+            "top": top,
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        json_key, md_key = leaderboard_keys(self.experiment)
+        try:
+            self.store.put_bytes(json_key, json.dumps(document, indent=2, default=str).encode())
+            self.store.put_bytes(md_key, leaderboard_markdown(self.experiment, status, top).encode())
+        except ArtifactError as exc:
+            log.warning("could not publish the leaderboard of %s: %s", self.experiment, exc)
+            return False
+        return True
+
+    def after(self, first: Callable[[Progress], None]) -> Callable[[Progress], None]:
+        """A progress hook that calls ``first`` (e.g. the live display), then this publisher."""
+
+        def both(progress: Progress) -> None:
+            first(progress)
+            self(progress)
+
+        return both
+
+
+def search_leaderboard(url: str | None, db: Store, experiment: str) -> LeaderboardPublisher | None:
+    """The publisher of a search given ``--artifacts URL`` (else ``$NASAGENT_ARTIFACTS``); None without either."""
+    url = url or os.environ.get(ENV_URL)
+    if not url:
+        return None
+    return LeaderboardPublisher(db, open_artifacts(url), experiment)

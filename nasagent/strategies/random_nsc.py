@@ -1,0 +1,27 @@
+"""``--strategy random-nsc``: random search over the NSC space, the NAS environment's baseline."""
+
+from __future__ import annotations
+
+from nasagent.envs.nas_env import SPACE_OPTIONS, space_from_options
+from nasagent.strategies.base import StrategyContext
+from nasagent.strategies.env_driver import EnvStrategy
+from nasagent.strategies.registry import check_options
+
+
+class RandomNSCStrategy(EnvStrategy):
+    """Random search over the NSC space: a uniformly random action at every step of the environment.
+
+    The fair baseline for the environment's learners: same space, same episodes and termination
+    rules, same cache; only the choice of actions differs.
+    """
+
+    name = "random-nsc"
+
+    def act(self, lane_id: int) -> int:
+        return int(self.rng.integers(self.space.n_actions))
+
+
+def from_context(ctx: StrategyContext) -> RandomNSCStrategy:
+    """``--strategy random-nsc``; ``--option depth=, tau=, multi_branch=, sigma=`` set the environment."""
+    check_options(ctx.options, SPACE_OPTIONS, "random-nsc")
+    return RandomNSCStrategy(space_from_options(ctx.options, ctx.input_shape, ctx.num_classes), ctx.seed)

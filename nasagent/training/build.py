@@ -1,0 +1,145 @@
+"""Turns an :class:`~nasagent.core.arch.Architecture` into a PyTorch module, as MetaQNN trains it.
+
+The model takes float images N×C×H×W with values in [0, 1]; per-channel normalisation is its
+first module, so callers never normalise by hand and a checkpoint carries its own statistics.
+
+Layer semantics (and :func:`output_size`, which the search space uses to track the
+representation size, so both must agree):
+
+* ``C(n,f,s)``: convolution with TensorFlow-style SAME padding: the output is ``ceil(size / s)``;
+  the padding needed is split evenly, any odd pixel going after (right/bottom). Then the activation.
+* ``P(f,s)``: max pooling without padding and with ceil mode, as in Caffe (the paper's
+  framework): the output is ``ceil((size - f) / s) + 1``.
+* ``FC(n)``: flatten (before the first FC only), linear, activation.
+* ``GAP(k)``: 1×1 convolution to ``k`` channels, then global average pooling: the logits.
+* ``SM(k)``: flatten, linear to ``k`` logits; the softmax lives in the cross-entropy loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from nasagent.core.arch import FC, GAP, Architecture, Conv, Layer, Pool, Softmax, output_size, same_padding
+from nasagent.core.nsc import NSCNetwork
+from nasagent.errors import ConfigError
+from nasagent.training.normalize import Normalize, normalisation
+from nasagent.training.nsc_build import build_nsc_model
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How hidden layers are realised.
+
+    ``dropout="paper"`` is §5 of the paper: a dropout layer after every two hidden layers, the
+    i-th of n having probability i/(2n). ``dropout="fc"`` is appendix C (the MNIST experiment):
+    dropout ``fc_dropout`` after each FC layer only, usually with ``activation="elu"``.
+    """
+
+    activation: Literal["relu", "elu"] = "relu"
+    dropout: Literal["paper", "fc"] = "paper"
+    fc_dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("relu", "elu"):
+            raise ConfigError(f"unknown activation {self.activation!r} (expected 'relu' or 'elu')")
+        if self.dropout not in ("paper", "fc"):
+            raise ConfigError(f"unknown dropout mode {self.dropout!r} (expected 'paper' or 'fc')")
+        if not 0.0 <= self.fc_dropout < 1.0:
+            raise ConfigError(f"fc_dropout must be in [0, 1), got {self.fc_dropout}")
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ReLU(inplace=True) if name == "relu" else nn.ELU(inplace=True)
+
+
+def _conv(in_ch: int, layer: Conv, h: int, w: int) -> list[nn.Module]:
+    top, bottom = same_padding(h, layer.kernel, layer.stride)
+    left, right = same_padding(w, layer.kernel, layer.stride)
+    if top == bottom and left == right:
+        return [nn.Conv2d(in_ch, layer.filters, layer.kernel, layer.stride, padding=(top, left))]
+    # Asymmetric SAME padding (even kernels, or stride > 1) needs an explicit pad first.
+    return [
+        nn.ZeroPad2d((left, right, top, bottom)),
+        nn.Conv2d(in_ch, layer.filters, layer.kernel, layer.stride),
+    ]
+
+
+def _dropout_after(hidden: Sequence[Layer], options: BuildOptions) -> dict[int, float]:
+    """Index of the hidden layer -> dropout probability of the dropout layer that follows it."""
+    if options.dropout == "fc":
+        return {i: options.fc_dropout for i, layer in enumerate(hidden) if isinstance(layer, FC)}
+    n = len(hidden) // 2
+    return {2 * i - 1: i / (2 * n) for i in range(1, n + 1)}
+
+
+def build_model(
+    arch: Architecture,
+    input_shape: tuple[int, int, int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    options: BuildOptions = BuildOptions(),
+) -> nn.Module:
+    """Build ``arch`` for inputs of shape ``input_shape`` = (C, H, W); returns an ``nn.Sequential``.
+
+    ``mean``/``std`` are per-channel statistics of the training images (defaults 0 and 1). Weights
+    get Xavier (Glorot uniform) initialisation and zero biases, as in the paper. Raises
+    ``ConfigError`` when the architecture does not fit the input (a pooling window larger than
+    the representation) or the statistics do not match the channels.
+    """
+    if isinstance(arch, NSCNetwork):
+        return build_nsc_model(arch, input_shape, mean, std)
+    mean, std = normalisation(input_shape, mean, std)
+    channels, h, w = (int(v) for v in input_shape)
+
+    modules: list[nn.Module] = [Normalize(mean, std)]
+    dropout = _dropout_after(arch.hidden, options)
+    features = channels  # channels while spatial, units after the first FC
+    flat = False
+    for i, layer in enumerate(arch.hidden):
+        if isinstance(layer, Conv):
+            modules += _conv(features, layer, h, w)
+            modules.append(_activation(options.activation))
+            features = layer.filters
+        elif isinstance(layer, Pool):
+            if layer.kernel > min(h, w):
+                raise ConfigError(
+                    f"layer {i + 1} {layer} of {arch} pools a {h}x{w} representation with a larger window"
+                )
+            modules.append(nn.MaxPool2d(layer.kernel, layer.stride, ceil_mode=True))
+        elif isinstance(layer, FC):
+            if not flat:
+                modules.append(nn.Flatten())
+                features, flat = features * h * w, True
+            modules += [nn.Linear(features, layer.units), _activation(options.activation)]
+            features = layer.units
+        h, w = output_size(h, layer), output_size(w, layer)
+        if i in dropout:
+            modules.append(nn.Dropout(dropout[i]))
+
+    terminal = arch.terminal
+    if isinstance(terminal, GAP):
+        modules += [nn.Conv2d(features, terminal.classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    elif isinstance(terminal, Softmax):
+        if not flat:
+            modules.append(nn.Flatten())
+            features = features * h * w
+        modules.append(nn.Linear(features, terminal.classes))
+
+    model = nn.Sequential(*modules)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of trainable parameters (buffers such as the normalisation statistics excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["BuildOptions", "build_model", "count_params"]
