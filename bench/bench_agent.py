@@ -1,4 +1,4 @@
-"""Agent overhead per trial with 2,700 trials of history, against a real PostgreSQL.
+"""SearchLoop overhead per trial with 2,700 trials of history, against a real PostgreSQL.
 
 What is measured: the agent's own work for one trial, that is everything between the runner handing
 back an outcome and the agent waiting for the next one:
@@ -12,7 +12,7 @@ plus, when a proposal is an architecture already trained (a replay-dictionary hi
 ε = 0.1), the extra tell + transaction of each such hit, because the agent does them before it can
 launch a new trial. Reward computation happens inside ``runner.wait`` and is excluded.
 
-How: one real Agent with ``QLearningStrategy`` on the ``metaqnn`` preset (32×32 input, 10 classes),
+How: one real SearchLoop with ``QLearningStrategy`` on the ``metaqnn`` preset (32×32 input, 10 classes),
 the paper's ε schedule (2,700 unique architectures) and a runner whose reward is a deterministic
 function of the architecture (``FunctionRunner``, no training) runs from an empty database to
 2,700 + N + 1 unique trials: the first 2,700 build the history through the real loop, every step
@@ -62,7 +62,7 @@ from nasagent.core.trial import TrialOutcome  # noqa: E402
 from nasagent.execution.function import FunctionRunner  # noqa: E402
 from nasagent.persistence import Store, StoreTransaction, embedded_url, stop_embedded  # noqa: E402
 from nasagent.persistence.databases import create_database, drop_database  # noqa: E402
-from nasagent.search.loop import Agent  # noqa: E402
+from nasagent.search.loop import SearchLoop  # noqa: E402
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space  # noqa: E402
 from nasagent.strategies.qlearning import QLearningStrategy  # noqa: E402
 from nasagent.strategies.schedule import EpsilonSchedule  # noqa: E402
@@ -154,7 +154,7 @@ class TimedRunner(FunctionRunner):
         return outcomes
 
     def gaps(self) -> list[float]:
-        """Agent time after outcome i for i = first .. last-1 (1-based)."""
+        """SearchLoop time after outcome i for i = first .. last-1 (1-based)."""
         return [self.wait_started[i] - self.wait_returned[i - 1] for i in range(self.first, self.last)]
 
     def window(self) -> tuple[float, float]:
@@ -325,7 +325,7 @@ def one_run(url: str, n: int, profiler: cProfile.Profile | None = None) -> tuple
         strategy = new_strategy()
         counters = Counters()
         counters.instrument(strategy, store)
-        agent = Agent(store, experiment, strategy, runner, HISTORY + n + 1, SEED, poll_seconds=0.0)
+        agent = SearchLoop(store, experiment, strategy, runner, HISTORY + n + 1, SEED, poll_seconds=0.0)
         started = time.perf_counter()
         agent.run()
         window = runner.window()
@@ -359,7 +359,7 @@ def resumed(url: str, name: str, n: int) -> tuple[list[float], float, float]:
         backend = store._fetch("SELECT pg_backend_pid()")[0][0]
         runner = TimedRunner(first=1, last=n + 1, own_pids=[os.getpid(), backend])
         budget = store.counts(experiment.id)["unique_trained"] + n + 1
-        agent = Agent(store, experiment, new_strategy(seed=12345), runner, budget, SEED, poll_seconds=0.0)
+        agent = SearchLoop(store, experiment, new_strategy(seed=12345), runner, budget, SEED, poll_seconds=0.0)
         started = time.perf_counter()
         agent.run()
     finally:
@@ -427,7 +427,8 @@ def main() -> int:
                     delete_experiment(url, name)
             rep.label = str(len(repeats) + 1)
             print(
-                f"  history {rep.build_s:.1f} s; timed: median {rep.median_ms:.2f} ms per trial, {rep.hits} dictionary hits, "
+                f"  history {rep.build_s:.1f} s; timed: median {rep.median_ms:.2f} ms per trial, "
+                f"{rep.hits} dictionary hits, "
                 f"other processes {rep.other_cores:.2f} cores",
                 flush=True,
             )
@@ -476,12 +477,14 @@ def main() -> int:
         f"target median <= {TARGET_MS:.0f} ms: {'met' if met else 'MISSED'}"
     )
     print(
-        f"  per trial, mean: ask {ask_ms:.2f} ms, tell {tell_ms:.2f} ms, transactions {tx_ms:.2f} ms, rest {rest_ms:.2f} ms; "
+        f"  per trial, mean: ask {ask_ms:.2f} ms, tell {tell_ms:.2f} ms, transactions {tx_ms:.2f} ms, "
+        f"rest {rest_ms:.2f} ms; "
         f"{hits / timed:.2f} dictionary hits per trial; one transaction: median {per_tx['median']:.2f} ms; "
         f"upsert_q: {upsert_rows:.0f} Q-values, {upsert_ms:.2f} ms (medians); history build {build:.1f} s (median)"
     )
     print(
-        f"  after a resume: {resume_s * 1000:.0f} ms to resume, then median {after_resume['median']:.2f} ms per trial over "
+        f"  after a resume: {resume_s * 1000:.0f} ms to resume, "
+        f"then median {after_resume['median']:.2f} ms per trial over "
         f"{RESUME_TRIALS} trials (first half {first['median']:.2f}, second half {second['median']:.2f})"
     )
 
@@ -491,33 +494,46 @@ def main() -> int:
         f"{1000 * percentile(r.gaps, 99):.2f} | {r.hits} | {r.other_cores:.2f} |"
         for r in sorted(discarded + repeats, key=lambda r: (int(r.label.split()[0]), "discarded" not in r.label))
     )
-    body = f"""## Agent overhead per trial (`bench/bench_agent.py`)
+    body = f"""## SearchLoop overhead per trial (`bench/bench_agent.py`)
 
 Machine: {machine()}; Python {sys.version.split()[0]}; database: {db_kind}.
-Load average (1/5/15 min) before: {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}; at the end: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.
+Load average (1/5/15 min) before: {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f}; at the end: \
+{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.
 The machine is shared: before each repeat the benchmark waited for other processes to use at most {args.max_other} cores
 ({waited:.0f} s of waiting in all); during the accepted repeats' timed windows they used at most {other_max:.2f} cores
-(machine busy time less this process and its PostgreSQL backend); {len(discarded)} disturbed repeat(s) discarded and rerun.
+(machine busy time less this process and its PostgreSQL backend); \
+{len(discarded)} disturbed repeat(s) discarded and rerun.
 
-Setup: the real `Agent` + `QLearningStrategy` on the `metaqnn` preset (32×32 input, 10 classes), paper ε schedule,
+Setup: the real `SearchLoop` + `QLearningStrategy` on the `metaqnn` preset (32×32 input, 10 classes), paper ε schedule,
 K = 100 replay updates, one worker (`FunctionRunner` subclass; reward a deterministic function of the architecture,
 no training). Each repeat runs one agent from an empty database: trials 1–2,700 are the history (the full paper
-schedule through the real loop, every step committed), trials 2,701–{HISTORY + n:,} (ε = 0.1) are timed. One trial's time =
+schedule through the real loop, every step committed), trials 2,701–{HISTORY + n:,} (ε = 0.1) are timed. \
+One trial's time =
 from the runner handing back an outcome to the agent waiting for the next one: tell (100 replay updates) + record
 transaction + commit, then ask + insert-trial transaction + commit, plus any replay-dictionary hits in between (each
 a further tell + transaction). Reward computation is excluded. {len(repeats)} repeats (identical work: same seed).
 
 | | value |
 |---|---|
-| **per trial, median of the repeats' medians** | **{headline:.2f} ms** (target ≤ {TARGET_MS:.0f} ms: {"met" if met else "**missed**"}); repeats: {", ".join(f"{m:.2f}" for m in medians)} |
-| per trial, all repeats pooled: median / p90 / p99 / max | {pooled["median"]:.2f} / {pooled["p90"]:.2f} / {pooled["p99"]:.2f} / {pooled["max"]:.2f} ms |
-| per trial, mean: ask / tell / transactions (commit incl.) / rest | {ask_ms:.2f} / {tell_ms:.2f} / {tx_ms:.2f} / {rest_ms:.2f} ms (of {pooled["mean"]:.2f}) |
+| **per trial, median of the repeats' medians** | **{headline:.2f} ms** (target ≤ {TARGET_MS:.0f} ms: \
+{"met" if met else "**missed**"}); repeats: {", ".join(f"{m:.2f}" for m in medians)} |
+| per trial, all repeats pooled: median / p90 / p99 / max | {pooled["median"]:.2f} / {pooled["p90"]:.2f} / \
+{pooled["p99"]:.2f} / {pooled["max"]:.2f} ms |
+| per trial, mean: ask / tell / transactions (commit incl.) / rest \
+| {ask_ms:.2f} / {tell_ms:.2f} / {tx_ms:.2f} / {rest_ms:.2f} ms (of {pooled["mean"]:.2f}) |
 | replay-dictionary hits per timed trial | {hits / timed:.2f} |
-| one transaction incl. commit: median / p90 / p99 | {per_tx["median"]:.2f} / {per_tx["p90"]:.2f} / {per_tx["p99"]:.2f} ms |
-| Q-values written per rewarded sample (`upsert_q`): median count / time | {upsert_rows:.0f} / {upsert_ms:.2f} ms (of {ref.q_rows:,} Q-values in the table) |
-| history: 2,700 unique trials through the agent (median of repeats) | {build:.1f} s ({1000 * build / HISTORY:.1f} ms per unique trial; {ref.replay_rows:,} rewarded samples incl. dictionary hits by the end) |
-| a fresh agent resuming the {HISTORY + n + 1:,}-trial experiment: resume (load replay memory, Q-table, trials) + first launch | {resume_s * 1000:.0f} ms |
-| its next {RESUME_TRIALS} trials: median (first {RESUME_TRIALS // 2} / last {RESUME_TRIALS // 2}) | {after_resume["median"]:.2f} ms ({first["median"]:.2f} / {second["median"]:.2f}); other processes {resume_other:.2f} cores |
+| one transaction incl. commit: median / p90 / p99 | {per_tx["median"]:.2f} / {per_tx["p90"]:.2f} / \
+{per_tx["p99"]:.2f} ms |
+| Q-values written per rewarded sample (`upsert_q`): median count / time \
+| {upsert_rows:.0f} / {upsert_ms:.2f} ms (of {ref.q_rows:,} Q-values in the table) |
+| history: 2,700 unique trials through the agent (median of repeats) \
+| {build:.1f} s ({1000 * build / HISTORY:.1f} ms per unique trial; {ref.replay_rows:,} rewarded samples incl. \
+dictionary hits by the end) |
+| a fresh agent resuming the {HISTORY + n + 1:,}-trial experiment: resume (load replay memory, Q-table, \
+trials) + first launch | {resume_s * 1000:.0f} ms |
+| its next {RESUME_TRIALS} trials: median (first {RESUME_TRIALS // 2} / last {RESUME_TRIALS // 2}) \
+| {after_resume["median"]:.2f} ms ({first["median"]:.2f} / {second["median"]:.2f}); \
+other processes {resume_other:.2f} cores |
 
 Where the time goes: the record transaction dominates, and within it `upsert_q`, which rewrites every Q-value the
 100 replay updates touched (~{upsert_rows:.0f} rows per rewarded sample); then `tell` itself (pure Python). The

@@ -1,4 +1,5 @@
-"""How long ``make pipeline-local`` takes: the compiled search pipeline under kfp.local (target: < 10 minutes on 2 cores).
+"""How long ``make pipeline-local`` takes: the compiled search pipeline under kfp.local
+(target: < 10 minutes on 2 cores).
 
 Runs ``pipelines/search_pipeline.yaml`` with ``LOCAL_ARGUMENTS`` (digits, 20 models of
 metaqnn-small for 6 epochs on 2 local workers, the top 5 finetuned for 15 epochs, 2 at a time,
@@ -60,7 +61,8 @@ def main() -> int:
             search_end - prepare_end,
         ),
         (
-            f"finetune: top {LOCAL_ARGUMENTS['finetune_top']} × {LOCAL_ARGUMENTS['finetune_epochs']} epochs, 2 at a time",
+            f"finetune: top {LOCAL_ARGUMENTS['finetune_top']} × {LOCAL_ARGUMENTS['finetune_epochs']} epochs, "
+            "2 at a time",
             finetune_end - search_end,
         ),
         (f"ensemble of the top {LOCAL_ARGUMENTS['ensemble_top']}", ends["ensemble"] - finetune_end),
@@ -80,7 +82,8 @@ after: the cores are shared with other work, so times vary with it.
 | **total** | **{total:.0f}** |
 
 Total {total / 60:.1f} min: {verdict} the 10-minute target. Results of that run: best search accuracy
-{outputs["search_metrics"].metadata["best_accuracy"]:.4f}; ensemble test accuracy {ensemble["ensemble_test_accuracy"]:.4f}
+{outputs["search_metrics"].metadata["best_accuracy"]:.4f}; ensemble test accuracy \
+{ensemble["ensemble_test_accuracy"]:.4f}
 (best single finetuned model {ensemble["best_single_test_accuracy"]:.4f}).
 """
     write_section("pipeline-local", body)

@@ -30,7 +30,8 @@ from _report import machine, write_section  # noqa: E402
 from nasagent.core.arch import Architecture  # noqa: E402
 from nasagent.training.build import build_model  # noqa: E402
 from nasagent.training.data import DataBundle, Split  # noqa: E402
-from nasagent.training.trainer import TrainConfig, resolve_device, train_architecture  # noqa: E402
+from nasagent.training.settings import TrainConfig
+from nasagent.training.trainer import resolve_device, train_architecture  # noqa: E402
 
 ARCH = Architecture.parse("[C(32,3,1), P(2,2), C(64,3,1), P(2,2), C(128,3,1), FC(128), SM(10)]")
 TARGET = 0.95
@@ -143,11 +144,13 @@ samples/s = training samples / wall seconds of the whole call (model building in
 | loop | samples/s (median run) | trainer / loop (median of paired ratios) |
 | --- | ---: | ---: |
 | `train_architecture` | {rate["trainer"]:.0f} | — |
-| minimal loop + one validation pass per epoch (same work) | {rate["minimal + eval"]:.0f} | {paired["minimal + eval"]:.3f} |
+| minimal loop + one validation pass per epoch (same work) | {rate["minimal + eval"]:.0f} \
+| {paired["minimal + eval"]:.3f} |
 | minimal loop, training only | {rate["minimal, train only"]:.0f} | {paired["minimal, train only"]:.3f} |
 
 Paired ratio: in each repeat, the loop's seconds over the trainer's; their median is reported.
-Target: ratio ≥ {TARGET} against the minimal loop doing the same work: {"met" if paired["minimal + eval"] >= TARGET else "NOT met"}.
+Target: ratio ≥ {TARGET} against the minimal loop doing the same work: \
+{"met" if paired["minimal + eval"] >= TARGET else "NOT met"}.
 The training-only loop skips the per-epoch validation the trainer needs for its reward
 ({args.val} of {args.train + args.val} samples, forward only), so that ratio is bounded by that share.
 """

@@ -52,7 +52,7 @@ TARGET_SPEEDUP = 1.8
 SEED = 0
 MACS_BAND = (5e6, 12e6)  # per image; about 1.5-2.5 s per trial at 3 epochs on one core here (longer if it restarts)
 WARMUP_ARCH = "[C(8,3,1), SM(10)]"
-POLL_SECONDS = 1.0  # Agent's default poll_seconds
+POLL_SECONDS = 1.0  # SearchLoop's default poll_seconds
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -236,7 +236,8 @@ def main() -> int:
     channels, size = data.input_shape[0], min(data.input_shape[1:])
     archs = choose_architectures(config, args.trials, size, channels, data.num_classes)
     print(
-        f"{len(archs)} architectures, {args.epochs} epochs each, {len(data.train)} training / {len(data.val)} validation images:"
+        f"{len(archs)} architectures, {args.epochs} epochs each, "
+        f"{len(data.train)} training / {len(data.val)} validation images:"
     )
     for arch in archs:
         print(f"  {macs(arch, size, channels) / 1e6:5.1f} M MACs  {arch}")
@@ -256,8 +257,10 @@ def main() -> int:
             pair.append(run)
             print(
                 f"round {round_ + 1} W={workers}: {run.elapsed:6.1f} s, {run.per_hour:6.0f} trials/h; "
-                f"training {run.train_seconds:5.1f} s summed; wait held results {1000 * statistics.median(run.held):.1f} ms (median); "
-                f"CPU: own {run.own_cores:.2f} cores, other processes {run.other_cores:.2f} cores; load before {run.load_before:.2f}",
+                f"training {run.train_seconds:5.1f} s summed; "
+                f"wait held results {1000 * statistics.median(run.held):.1f} ms (median); "
+                f"CPU: own {run.own_cores:.2f} cores, other processes {run.other_cores:.2f} cores; "
+                f"load before {run.load_before:.2f}",
                 flush=True,
             )
         if max(r.other_cores for r in pair) > args.max_other and len(discarded) < 2 * args.retries:
@@ -303,12 +306,14 @@ def main() -> int:
 
     print(
         f"W=1: {med_per_hour[1]:.0f} trials/h ({med_elapsed[1]:.1f} s), W=2: {med_per_hour[2]:.0f} trials/h "
-        f"({med_elapsed[2]:.1f} s); speed-up {speedup:.2f}x (per round: {', '.join(f'{s:.2f}' for s in pair_speedups)}); "
+        f"({med_elapsed[2]:.1f} s); speed-up {speedup:.2f}x "
+        f"(per round: {', '.join(f'{s:.2f}' for s in pair_speedups)}); "
         f"target >= {TARGET_SPEEDUP}x: {'met' if met else 'MISSED'}"
     )
     print(
         f"  mean training time per trial: W=1 {mean_trial[1]:.2f} s, W=2 {mean_trial[2]:.2f} s "
-        f"(contention x{mean_trial[2] / mean_trial[1]:.2f}); list-scheduling bound for W=2 with these durations {schedule_bound:.2f}x; "
+        f"(contention x{mean_trial[2] / mean_trial[1]:.2f}); "
+        f"list-scheduling bound for W=2 with these durations {schedule_bound:.2f}x; "
         f"runner.wait held each result {1000 * statistics.median(held_all):.1f} ms (median) before returning it"
     )
     if mismatches:
@@ -331,16 +336,23 @@ def main() -> int:
     body = f"""## Local runner: 2 workers against 1 (`bench/bench_workers.py`)
 
 Machine: {machine()}; Python {sys.version.split()[0]}.
-Load average (1/5/15 min) before the benchmark: {initial_load[0]:.2f} / {initial_load[1]:.2f} / {initial_load[2]:.2f}; at the end: {final_load[0]:.2f} (the benchmark's own runs raise it).
-Other engineers share this machine, so before each run the benchmark waits (up to {args.patience:.0f} s) until other processes
-keep less than {args.max_other} cores busy (5 s sample of /proc/stat), and it measures what other processes used during every
-measured window (machine busy time less its own processes' CPU time); a round where that exceeded {args.max_other} cores is
-discarded and rerun (at most {args.retries} times). Waited {waited_total:.0f} s in all; {len(discarded) // 2} round(s) discarded;
+Load average (1/5/15 min) before the benchmark: {initial_load[0]:.2f} / {initial_load[1]:.2f} / {initial_load[2]:.2f}; \
+at the end: {final_load[0]:.2f} (the benchmark's own runs raise it).
+Other engineers share this machine, so before each run the benchmark waits (up to {args.patience:.0f} s) \
+until other processes
+keep less than {args.max_other} cores busy (5 s sample of /proc/stat), \
+and it measures what other processes used during every
+measured window (machine busy time less its own processes' CPU time); \
+a round where that exceeded {args.max_other} cores is
+discarded and rerun (at most {args.retries} times). Waited {waited_total:.0f} s in all; \
+{len(discarded) // 2} round(s) discarded;
 other processes used at most {other_max:.2f} cores during the accepted windows{" — **still noisy**" if noisy else ""}.
 
-Setup: `LocalRunner(settings, W, 10)` with `trial_settings` of `--dataset digits --space metaqnn-small --epochs {args.epochs} --seed {SEED}`
+Setup: `LocalRunner(settings, W, 10)` with `trial_settings` of \
+`--dataset digits --space metaqnn-small --epochs {args.epochs} --seed {SEED}`
 on CPU (each worker `torch.set_num_threads(1)`); {len(archs)} architectures, the first of a seeded random walk
-whose cost is {MACS_BAND[0] / 1e6:.0f}–{MACS_BAND[1] / 1e6:.0f} M multiply-accumulates per image; each trial seeded with `trial_seed`
+whose cost is {MACS_BAND[0] / 1e6:.0f}–{MACS_BAND[1] / 1e6:.0f} M multiply-accumulates per image; \
+each trial seeded with `trial_seed`
 as the agent does. Start-up excluded: every worker first trains a warm-up trial (`{WARMUP_ARCH}`), and the clock
 runs from the first measured submit to the last outcome. The driver loop refills free workers and calls
 `runner.wait({POLL_SECONDS})`, as the agent does. {args.repeats} rounds of (W = 1, W = 2), medians reported.
@@ -351,14 +363,20 @@ runs from the first measured submit to the last outcome. The driver loop refills
 | time for the {len(archs)} trials (median) | {med_elapsed[1]:.1f} s | {med_elapsed[2]:.1f} s |
 | mean training time per trial (inside the worker) | {mean_trial[1]:.2f} s | {mean_trial[2]:.2f} s |
 
-**Speed-up W = 2 over W = 1: {speedup:.2f}×** (target ≥ {TARGET_SPEEDUP}×: {"met" if met else "**missed**"}); per round: {", ".join(f"{s:.2f}×" for s in pair_speedups)}.
-With these trial durations in this order, greedy assignment to 2 workers could at best reach {schedule_bound:.2f}× (uneven tail);
-a trial's training time with two trainings at once, relative to one at a time: ×{mean_trial[2] / mean_trial[1]:.2f} (contention).
-`LocalRunner.wait` returned each result a median {1000 * statistics.median(held_all):.1f} ms after taking it off the result queue
+**Speed-up W = 2 over W = 1: {speedup:.2f}×** (target ≥ {TARGET_SPEEDUP}×: {"met" if met else "**missed**"}); \
+per round: {", ".join(f"{s:.2f}×" for s in pair_speedups)}.
+With these trial durations in this order, greedy assignment to 2 workers could at best reach \
+{schedule_bound:.2f}× (uneven tail);
+a trial's training time with two trainings at once, relative to one at a time: \
+×{mean_trial[2] / mean_trial[1]:.2f} (contention).
+`LocalRunner.wait` returned each result a median {1000 * statistics.median(held_all):.1f} ms \
+after taking it off the result queue
 (time in which the freed worker idles before the driver can hand it the next trial).
-Accuracies identical across all runs: {"yes" if not mismatches else f"**no**, {len(mismatches)} differ"}; failed trials: {len(failed)}.
+Accuracies identical across all runs: {"yes" if not mismatches else f"**no**, {len(mismatches)} differ"}; \
+failed trials: {len(failed)}.
 
-| round | W | seconds | trials/h | training s (sum) | wait held (ms, median) | own CPU (cores) | other CPU (cores) | load before |
+| round | W | seconds | trials/h | training s (sum) | wait held (ms, median) | own CPU (cores) | other CPU (cores) \
+| load before |
 |---|---|---|---|---|---|---|---|---|
 {rows}
 

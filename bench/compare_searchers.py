@@ -1,6 +1,6 @@
 """Every searcher side by side: the same trial budget, trainer settings, seeds and datasets.
 
-Each (strategy, seed, dataset) is one experiment run through the real ``Agent`` with a
+Each (strategy, seed, dataset) is one experiment run through the real ``SearchLoop`` with a
 ``LocalRunner`` (real training on CPU) and an embedded PostgreSQL, exactly as ``nasagent search``
 runs it. The results go into ``docs/searchers.md`` (between the ``compare_searchers [SECTION]``
 markers, so hand-written conclusions around them and other sections survive a rerun) with a plot
@@ -12,7 +12,7 @@ Reported per dataset and strategy (mean ± std over seeds):
   of all trained networks (how good the searcher's proposals are on average);
 - trials to reach random search's final best: per seed, the first trial (in launch order) whose
   best-so-far is at least the final best of ``random`` with the same seed and dataset;
-- wall time of ``Agent.run`` per experiment, and agent overhead per trial: that wall time minus
+- wall time of ``SearchLoop.run`` per experiment, and agent overhead per trial: that wall time minus
   the time spent inside ``runner.wait`` (waiting for training), per unique trained network, i.e.
   ask + tell + database transactions + submit;
 - rewarded samples per unique network (replay-dictionary hits make it > 1), failed trials, and
@@ -134,7 +134,7 @@ def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int
     """Run (or resume) one experiment through the real agent and measure it."""
     from nasagent.execution.local import LocalRunner
     from nasagent.persistence.postgres import Store
-    from nasagent.search.loop import Agent
+    from nasagent.search.loop import SearchLoop
     from nasagent.search.run import open_experiment
     from nasagent.search.status import experiment_status
 
@@ -166,7 +166,7 @@ def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int
                     waited[0] += time.perf_counter() - started
 
             runner.wait = timed_wait  # type: ignore[method-assign]
-            agent = Agent(store, experiment, strategy, runner, config.budget, config.seed, poll_seconds=1.0)
+            agent = SearchLoop(store, experiment, strategy, runner, config.budget, config.seed, poll_seconds=1.0)
             started = time.perf_counter()
             progress = agent.run()
             wall = time.perf_counter() - started
@@ -331,9 +331,11 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
         f"Machine: {machine()}. Run: `{args.command_line}`.",
         "",
         f"Settings: budget {budget} unique trained networks per experiment, {args.epochs} training epochs per network "
-        f"(the §5 trainer: Adam, batch 128, reward = best validation accuracy), {args.workers} local worker(s) per experiment, "
+        "(the §5 trainer: Adam, batch 128, reward = best validation accuracy), "
+        f"{args.workers} local worker(s) per experiment, "
         f"{args.parallel} experiment(s) at a time, seeds {', '.join(map(str, seeds))}, datasets {', '.join(datasets)}, "
-        f"MetaQNN space `{args.space}` for the strategies that use one. Every strategy with its default settings unless its "
+        f"MetaQNN space `{args.space}` for the strategies that use one. "
+        "Every strategy with its default settings unless its "
         "options are listed. Each cell: mean ± std over seeds.",
         "",
         "| strategy | options | searches |",
@@ -358,7 +360,8 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
             if "accuracies" in by_key.get(f"{dataset}|random|{s}", {})
         }
         lines += [
-            "| strategy | best accuracy | mean of top 5 | mean of all trained | trials to reach random's final best (median; reached) "
+            "| strategy | best accuracy | mean of top 5 | mean of all trained "
+            "| trials to reach random's final best (median; reached) "
             "| wall s per experiment | agent overhead ms/trial | rewarded per unique | failed |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -390,9 +393,12 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
             )
             resumed = " (resumed)" if any(r["resumed"] for r in got) else ""
             lines.append(
-                f"| {label}{resumed} | {pm(best)} | {pm(top5)} | {pm([statistics.fmean(r['accuracies']) for r in got])} | {reach_text} | {pm([r['wall_s'] for r in got], '{:.0f}')} "
+                f"| {label}{resumed} | {pm(best)} | {pm(top5)} "
+                f"| {pm([statistics.fmean(r['accuracies']) for r in got])} | {reach_text} "
+                f"| {pm([r['wall_s'] for r in got], '{:.0f}')} "
                 f"| {pm([1000 * r['overhead_s'] / max(r['new_trials'], 1) for r in got], '{:.0f}')} "
-                f"| {pm([r['rewarded'] / max(r['unique'], 1) for r in got], '{:.2f}')} | {sum(r['failed'] for r in got)} |"
+                f"| {pm([r['rewarded'] / max(r['unique'], 1) for r in got], '{:.2f}')} "
+                f"| {sum(r['failed'] for r in got)} |"
             )
             curves = np.array([best_so_far(r["accuracies"], budget) for r in got])
             x = np.arange(1, budget + 1)
@@ -417,7 +423,8 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
         if rows:
             lines += [
                 "",
-                "Reward statistics the controller reports (`nasagent status` → `strategy_summary`; signal = what multiplies ∇log π):",
+                "Reward statistics the controller reports (`nasagent status` → `strategy_summary`; "
+                "signal = what multiplies ∇log π):",
                 "",
                 "| strategy | baseline | reward mean | reward variance | signal variance | signal mean square |",
                 "|---|---|---|---|---|---|",

@@ -21,11 +21,12 @@ import json
 import subprocess
 import sys
 import tempfile
-import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -92,7 +93,15 @@ def parse_report(report: dict[str, Any]) -> list[Locked]:
         hashes = item["download_info"].get("archive_info", {}).get("hashes", {})
         if "sha256" not in hashes:
             raise LockError(f"the index gave no sha256 for {meta['name']} {meta['version']}")
-        locked.append(Locked(canonicalize_name(meta["name"]), meta["version"], hashes["sha256"], frozenset(requires), bool(item.get("requested"))))
+        locked.append(
+            Locked(
+                canonicalize_name(meta["name"]),
+                meta["version"],
+                hashes["sha256"],
+                frozenset(requires),
+                bool(item.get("requested")),
+            )
+        )
     return locked
 
 
@@ -119,8 +128,20 @@ def resolve(requirements: Sequence[str], python: str = sys.executable) -> list[L
         reqs = Path(tmp, "requirements.txt")
         reqs.write_text("\n".join(requirements) + "\n")
         report = Path(tmp, "report.json")
-        cmd = [python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--disable-pip-version-check", "--report", str(report), "-r", str(reqs)]
+        cmd = [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--report",
+            str(report),
+            "-r",
+            str(reqs),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise LockError(f"pip could not resolve the requirements:\n{done.stderr.strip()}")
@@ -158,10 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"images/lock.py: {exc}", file=sys.stderr)
         return 2
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "agent.lock").write_text(render(agent, f"nasagent agent image (images/agent/Dockerfile): CPU torch {version}+cpu"))
-    (args.out_dir / "trainer.lock").write_text(render(
-        trainer, f"nasagent trainer image (images/trainer/Dockerfile): torch {version} and what only it needs come from the base image"))
-    print(f"wrote {args.out_dir / 'agent.lock'} ({len(agent)} packages) and {args.out_dir / 'trainer.lock'} ({len(trainer)} packages)")
+    (args.out_dir / "agent.lock").write_text(
+        render(agent, f"nasagent agent image (images/agent/Dockerfile): CPU torch {version}+cpu")
+    )
+    (args.out_dir / "trainer.lock").write_text(
+        render(
+            trainer,
+            f"nasagent trainer image (images/trainer/Dockerfile): torch {version} "
+            "and what only it needs come from the base image",
+        )
+    )
+    print(
+        f"wrote {args.out_dir / 'agent.lock'} ({len(agent)} packages) "
+        f"and {args.out_dir / 'trainer.lock'} ({len(trainer)} packages)"
+    )
     return 0
 
 

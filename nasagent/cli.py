@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from nasagent import commands
-from nasagent.errors import ConfigError, NasagentError
+from nasagent.errors import ConfigError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except NasagentError as exc:
+    except UserError as exc:
         print(f"nasagent: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

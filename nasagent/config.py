@@ -16,9 +16,7 @@ from nasagent.strategies.base import Strategy, StrategyContext
 from nasagent.strategies.qlearning import QLearningConfig
 from nasagent.strategies.registry import STRATEGIES, make_strategy
 from nasagent.strategies.schedule import EpsilonSchedule
-from nasagent.training.build import BuildOptions
-from nasagent.training.settings import TrialSettings
-from nasagent.training.trainer import TrainConfig
+from nasagent.training.settings import BuildOptions, TrainConfig, TrialSettings
 
 
 @dataclass

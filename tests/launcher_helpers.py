@@ -12,6 +12,7 @@ in the end-to-end test the ``nasagent trial`` processes that the fake kubelet st
 - ``SubprocessKubernetes``: the same API whose kubelet runs each Job's container command as a
   real subprocess with the Job's environment (Secrets resolved), in real time.
 - ``FakePipelines``: KFP experiments and runs whose states follow a script per attempt.
+- ``pod_reporter``, ``running_trials``: the PostgreSQL side: trial rows a pod reads, results it writes.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nasagent.core.trial import TrialOutcome, outcome_to_json
-from nasagent.execution.kfp import PipelineApiError
-from nasagent.execution.kubernetes import KubeApiError, WatchExpired
+from nasagent.config import SearchConfig
+from nasagent.core.networks import parse_network
+from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_to_json, trial_seed
+from nasagent.errors import KubeApiError, PipelineApiError, WatchExpired
 from nasagent.persistence.postgres import Store
 
 
@@ -548,3 +551,17 @@ class FakeApiServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def running_trials(store: Store, archs: list[str], epochs: int = 1) -> list[TrialSpec]:
+    """A new experiment on ``digits`` with one trial per architecture, recorded as running, as the
+    agent leaves them when it submits them: what a trial pod (``nasagent trial``) reads."""
+    config = SearchConfig(dataset="digits", epochs=epochs, trials=len(archs))
+    experiment = store.create_experiment(f"exp-{uuid.uuid4().hex[:8]}", config.to_dict())
+    specs = []
+    with store.transaction() as tx:
+        for text in archs:
+            arch = parse_network(text)
+            trial_id = tx.insert_trial(experiment.id, str(arch), arch.digest, 1.0)
+            specs.append(TrialSpec(trial_id, str(arch), trial_seed(config.seed, arch.digest)))
+    return specs

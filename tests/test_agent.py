@@ -8,10 +8,11 @@ import pytest
 from agent_helpers import CrashAfter
 
 from nasagent.core.arch import Architecture, Conv
-from nasagent.core.trial import TrialOutcome
+from nasagent.core.trial import TrialOutcome, TrialStatus
 from nasagent.execution.function import FunctionRunner
 from nasagent.persistence.postgres import Store
-from nasagent.search.loop import Agent
+from nasagent.search.callbacks import SearchCallback, SearchView
+from nasagent.search.loop import SearchLoop
 from nasagent.spaces.metaqnn import MetaQNNSpace, SpaceConfig, load_space
 from nasagent.strategies.qlearning import QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
@@ -44,10 +45,10 @@ TINY = SpaceConfig.from_dict(
 
 def make_agent(
     store: Store, name: str, strategy, budget: int, capacity: int = 1, runner=None
-) -> tuple[Agent, FunctionRunner]:
+) -> tuple[SearchLoop, FunctionRunner]:
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
     runner = runner or FunctionRunner(reward, capacity)
-    return Agent(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
+    return SearchLoop(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
 
 
 def qlearner(
@@ -140,3 +141,46 @@ def test_parallel_agent_keeps_w_trials_in_flight(store: Store) -> None:
     assert Watch.peak == 4
     trials = store.trials(store.get_experiment("par").id)
     assert len(trials) == 24 and len({t.digest for t in trials}) == 24
+
+
+class Recorder(SearchCallback):
+    """Records which hook saw what, and what the store showed at that moment."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[tuple[str, object]] = []
+
+    def on_step(self, search: SearchView) -> None:
+        self.events.append(("step", search.progress.unique_finished))
+
+    def on_trial_finished(self, search: SearchView, outcome: TrialOutcome) -> None:
+        # The outcome is committed before the hook runs: the store already shows the trial finished.
+        row = search.store.trial(outcome.trial_id)
+        assert row is not None and row.status == outcome.status == TrialStatus.DONE
+        self.events.append(("trial", outcome.trial_id))
+
+    def on_search_end(self, search: SearchView) -> None:
+        self.events.append(("end", search.progress.unique_finished))
+
+
+def test_callbacks_see_every_trained_trial_once_and_the_end(store: Store) -> None:
+    first, second = Recorder("first"), Recorder("second")
+    experiment = store.create_experiment("hooks", {"test": True})
+    # The tiny space has 6 architectures; random search proposes known ones often (replay hits, no training).
+    loop = SearchLoop(
+        store,
+        experiment,
+        RandomStrategy(MetaQNNSpace(TINY, 8, 10), 0),
+        FunctionRunner(reward, 2),
+        6,
+        0,
+        callbacks=[first, second],
+        poll_seconds=0.0,
+    )
+    progress = loop.run()
+    trials = [event for event in first.events if event[0] == "trial"]
+    assert sorted(tid for _, tid in trials) == [t.id for t in store.trials(experiment.id)]  # each once
+    assert progress.trials_done > len(trials)  # replay hits happened, and they called no on_trial_finished
+    assert first.events[-1] == ("end", 6) and [e for e in first.events if e[0] == "end"] == [("end", 6)]
+    assert first.events == second.events  # every callback sees every hook, in list order
+    assert any(kind == "step" for kind, _ in first.events)

@@ -9,13 +9,8 @@ from pathlib import Path
 import pytest
 from s3_helpers import S3Server, s3_env, s3_server  # noqa: F401  (fixtures)
 
-from nasagent.persistence.artifacts import (
-    ArtifactError,
-    ArtifactStore,
-    FileArtifactStore,
-    S3ArtifactStore,
-    open_artifacts,
-)
+from nasagent.errors import ArtifactError
+from nasagent.persistence.artifacts import ArtifactStore, FileArtifactStore, S3ArtifactStore, open_artifacts
 
 
 @pytest.fixture(params=["file", "s3"])

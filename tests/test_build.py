@@ -11,8 +11,9 @@ from torch import nn
 
 from nasagent.core.arch import FC, GAP, Architecture, Conv, Pool, Softmax, output_size, same_padding
 from nasagent.errors import ConfigError
-from nasagent.training.build import BuildOptions, build_model, count_params
+from nasagent.training.build import build_model, count_params
 from nasagent.training.normalize import Normalize
+from nasagent.training.settings import BuildOptions
 
 
 def arch(text: str) -> Architecture:

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures)
 from nasagent.cli import main
 from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
-from nasagent.errors import ConfigError
+from nasagent.errors import ArtifactError, ConfigError
 from nasagent.kubeflow import (
     artifacts_url,
     check_trial_secrets,
@@ -31,11 +32,11 @@ from nasagent.kubeflow import (
     search_argv,
     toleration_flags,
 )
-from nasagent.persistence.artifacts import ArtifactError, ArtifactStore, open_artifacts
+from nasagent.persistence.artifacts import ArtifactStore, open_artifacts
 from nasagent.persistence.postgres import Store
 from nasagent.results.finetune import finetune_experiment
 from nasagent.search.leaderboard import LeaderboardPublisher, leaderboard_keys
-from nasagent.search.loop import Progress
+from nasagent.search.progress import Progress
 from nasagent.training.data import load_dataset
 from nasagent.training.models import finetuned_prefix, list_models
 from nasagent.training.prepared import dataset_name, prepare_dataset, val_size_value
@@ -205,10 +206,13 @@ def test_leaderboard_is_published_when_a_trial_finishes(
         assert failing.publish() is False
     assert "could not publish the leaderboard of live" in caplog.text
 
-    shown: list[int] = []
-    hook = publisher.after(lambda p: shown.append(p.unique_finished))
-    hook(Progress(budget=4, unique_finished=5))
-    assert shown == [5]
+    # As a search callback: the loop calls on_step with itself (store, experiment, progress).
+    artifacts.delete(json_key)
+    view = SimpleNamespace(
+        store=store, experiment=store.get_experiment("live"), progress=Progress(budget=4, unique_finished=5)
+    )
+    publisher.on_step(view)
+    assert artifacts.exists(json_key)
 
 
 # -- nasagent.kubeflow: what the components share --------------------------------------------------------

@@ -17,11 +17,12 @@ from nasagent.persistence.artifacts import open_artifacts
 from nasagent.persistence.postgres import Store
 from nasagent.results.finetune import default_epochs, parse_schedule, resolve_schedule, scale_schedule
 from nasagent.search.keeper import CheckpointKeeper, search_keeper
-from nasagent.training.build import BuildOptions, build_model
+from nasagent.training.build import build_model
 from nasagent.training.checkpoints import checkpoint_ids, load_checkpoint, save_checkpoint
 from nasagent.training.data import load_dataset
 from nasagent.training.models import model_metadata, restore_module
-from nasagent.training.trainer import TrainConfig, lr_at, train_architecture
+from nasagent.training.settings import BuildOptions, TrainConfig
+from nasagent.training.trainer import lr_at, train_architecture
 
 CIFAR = ((0.025, 40), (0.0125, 40), (0.0001, 160), (0.00001, 60))
 

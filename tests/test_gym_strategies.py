@@ -23,10 +23,10 @@ from nasagent.envs.nas_env import step as env_step
 from nasagent.errors import ConfigError
 from nasagent.execution.function import FunctionRunner
 from nasagent.persistence.postgres import Store
-from nasagent.search.loop import Agent
-from nasagent.strategies.dqn import DQNConfig, DQNStrategy
+from nasagent.search.loop import SearchLoop
+from nasagent.strategies.dqn import DQNOptions, DQNStrategy
 from nasagent.strategies.env_driver import EnvStrategy, Lane
-from nasagent.strategies.meta_a2c import MetaA2CStrategy, load_policy, save_policy_from_state
+from nasagent.strategies.meta_a2c import MetaA2COptions, MetaA2CStrategy, load_policy, save_policy_from_state
 from nasagent.strategies.meta_a2c import from_context as meta_a2c_from_context
 from nasagent.strategies.random_nsc import RandomNSCStrategy
 
@@ -53,7 +53,7 @@ def make(name: str, seed: int, space: NSCSpace = SPACE, t_max: int = 600) -> Env
     if name == "meta-a2c":
         return MetaA2CStrategy(space, seed)
     if name == "dqn":
-        return DQNStrategy(space, seed, DQNConfig(t_max=t_max))
+        return DQNStrategy(space, seed, DQNOptions(t_max=t_max))
     return RandomNSCStrategy(space, seed)
 
 
@@ -120,7 +120,7 @@ def test_state_dict_round_trip_continues_exactly(name: str, space: NSCSpace) -> 
     assert len(pending) == 1
     # Both receive the same answer for the pending proposal, then continue on their own.
     for strategy in (original, restored):
-        lane = next(l for l in strategy.lanes if l.pending is not None)
+        lane = next(each for each in strategy.lanes if each.pending is not None)
         net = env_step(strategy.space, lane.state, lane.pending).network
         strategy.tell(net, toy(net), True)
     assert drive(original, 150) == drive(restored, 150)
@@ -132,10 +132,10 @@ def test_state_dict_round_trip_continues_exactly(name: str, space: NSCSpace) -> 
 
 def agent(
     store: Store, name: str, strategy: EnvStrategy, budget: int, runner: FunctionRunner | None = None
-) -> tuple[Agent, FunctionRunner]:
+) -> tuple[SearchLoop, FunctionRunner]:
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
     runner = runner or FunctionRunner(toy, 1)
-    return Agent(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
+    return SearchLoop(store, experiment, strategy, runner, budget, seed=0, poll_seconds=0.0), runner
 
 
 @pytest.mark.parametrize("name", ["meta-a2c", "dqn", "random-nsc"])
@@ -196,7 +196,7 @@ def test_search_config_selects_the_gym_strategies() -> None:
 
 
 def test_dqn_epsilon_falls_linearly_to_its_floor() -> None:
-    cfg = DQNConfig(t_max=1000)
+    cfg = DQNOptions(t_max=1000)
     assert [round(cfg.epsilon(s), 3) for s in (0, 50, 100, 500)] == [1.0, 0.55, 0.1, 0.1]
     strategy = DQNStrategy(SPACE, 0, cfg)
     drive(strategy, 120)
@@ -249,6 +249,24 @@ def test_policy_files_are_checked(tmp_path: Path) -> None:
         build({"policy": str(tmp_path / "missing.pt")})
     with pytest.raises(ConfigError, match="not a policy file"):
         build({"policy": str(bad)})
+
+
+def test_a_policy_brings_its_lstm_size_and_an_explicit_other_one_is_refused(tmp_path: Path) -> None:
+    policy = tmp_path / "small.pt"
+    trained = MetaA2CStrategy(SPACE, 0, MetaA2COptions(hidden=16))
+    save_policy_from_state(trained.state_dict(), policy)
+
+    def build(options: dict) -> MetaA2CStrategy:
+        return meta_a2c_from_context(
+            SearchConfig(strategy="meta-a2c", trials=5, options=options).strategy_context((1, 8, 8), 10)
+        )
+
+    loaded = build({"policy": str(policy)})
+    assert loaded.config.hidden == 16 and not loaded.config.learn
+    assert all(torch.equal(v, trained.net.state_dict()[k]) for k, v in loaded.net.state_dict().items())
+    assert build({"policy": str(policy), "hidden": 16}).config.hidden == 16
+    with pytest.raises(ConfigError, match="hidden=32 does not match the policy, trained with hidden=16"):
+        build({"policy": str(policy), "hidden": 32})
 
 
 def test_a_terminal_first_action_is_rewarded_with_the_empty_network() -> None:

@@ -33,14 +33,12 @@ from nasagent.cli import main
 from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
 from nasagent.core.trial import TrialOutcome, TrialSpec, trial_seed
-from nasagent.errors import ConfigError
-from nasagent.execution.cluster import ClusterError, LauncherSettings, label_value, parse_toleration
+from nasagent.errors import ClusterError, ConfigError, KubeApiError, WatchExpired
+from nasagent.execution.cluster import LauncherSettings, label_value, parse_toleration
 from nasagent.execution.kfp import KfpRunner, compile_trial_pipeline, trial_pipeline
 from nasagent.execution.kubernetes import (
     ClientApi,
-    KubeApiError,
     KubernetesRunner,
-    WatchExpired,
     agent_owner,
     job_name,
     load_job_template,

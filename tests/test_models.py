@@ -17,17 +17,17 @@ import nasagent
 from nasagent.cli import main
 from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
+from nasagent.errors import ModelError
 from nasagent.persistence.artifacts import open_artifacts
 from nasagent.persistence.postgres import Store
 from nasagent.results.finetune import finetune_experiment
-from nasagent.training.build import BuildOptions, build_model
+from nasagent.training.build import build_model
 from nasagent.training.data import DataBundle, load_dataset
 from nasagent.training.models import (
     META,
     ONNX,
     TORCHSCRIPT,
     WEIGHTS,
-    ModelError,
     accuracy,
     export_model,
     list_models,
@@ -38,7 +38,8 @@ from nasagent.training.models import (
     pull_model,
 )
 from nasagent.training.normalize import Normalize
-from nasagent.training.trainer import TrainConfig, train_architecture
+from nasagent.training.settings import BuildOptions, TrainConfig
+from nasagent.training.trainer import train_architecture
 
 ARCH = "[C(8,3,1), P(2,2), FC(32), SM(10)]"
 

@@ -13,7 +13,7 @@ from nasagent.errors import ConfigError
 from nasagent.execution.worker import TrialSettings, run_trial
 from nasagent.training.build import build_model
 from nasagent.training.nsc_build import build_nsc_model
-from nasagent.training.trainer import TrainConfig
+from nasagent.training.settings import TrainConfig
 
 CHAIN = NSCNetwork((NSCLayer(1, CONV, 3, 0), NSCLayer(2, MAX_POOL, 2, 1), NSCLayer(3, CONV, 5, 2)), 10)
 # Two branches from the input merged by concatenation, pooled, then added to the pooled branch:

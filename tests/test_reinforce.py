@@ -1,6 +1,6 @@
 """REINFORCE controller: settings, the chain space, the policy gradient, persistence, learning, resume.
 
-Learning and resume run through the real Agent, a FunctionRunner whose reward is a known function of
+Learning and resume run through the real SearchLoop, a FunctionRunner whose reward is a known function of
 the architecture (no training) and the real embedded PostgreSQL.
 """
 
@@ -24,9 +24,10 @@ from nasagent.core.networks import Network
 from nasagent.errors import ConfigError
 from nasagent.execution.function import FunctionRunner
 from nasagent.persistence.postgres import Store
-from nasagent.search.loop import Agent
+from nasagent.search.loop import SearchLoop
 from nasagent.search.status import experiment_status
 from nasagent.strategies.base import Proposal, Strategy
+from nasagent.strategies.options import options_from
 from nasagent.strategies.reinforce import ChainSpace, ReinforceConfig, ReinforceStrategy
 from nasagent.training.build import build_model
 
@@ -42,8 +43,13 @@ def toy_reward(arch: Architecture) -> float:
     return 0.3 + 0.6 * matches / 9 + 0.04 * jitter
 
 
+def read_options(options: dict[str, Any]) -> ReinforceConfig:
+    """``--option`` values as the factory reads them."""
+    return options_from(ReinforceConfig, options, "reinforce")
+
+
 def reinforce(seed: int = 0, **options: Any) -> ReinforceStrategy:
-    config = ReinforceConfig.from_options(options)
+    config = read_options(options)
     return ReinforceStrategy(ChainSpace(config, 10), seed, config)
 
 
@@ -76,14 +82,16 @@ def run_agent(
 ) -> list[float]:
     """Run (or resume) experiment ``name``; the accuracies of its trials in launch order."""
     experiment = store.find_experiment(name) or store.create_experiment(name, {"test": True})
-    agent = Agent(store, experiment, strategy, runner or FunctionRunner(toy_reward), budget, seed=0, poll_seconds=0.0)
+    agent = SearchLoop(
+        store, experiment, strategy, runner or FunctionRunner(toy_reward), budget, seed=0, poll_seconds=0.0
+    )
     agent.run()
     return [t.accuracy for t in store.trials(experiment.id)]
 
 
 # -- settings and space --------------------------------------------------------------------------
 def test_options_are_read_as_the_cli_parses_them() -> None:
-    config = ReinforceConfig.from_options(
+    config = read_options(
         {
             "depth": 2,
             "filters": [16, 32],
@@ -108,8 +116,8 @@ def test_options_are_read_as_the_cli_parses_them() -> None:
         4,
         None,
     )
-    assert ReinforceConfig.from_options({"clip": 0.05}).clip == 0.05
-    assert ReinforceConfig.from_options({"clip": "none"}).clip is None
+    assert read_options({"clip": 0.05}).clip == 0.05
+    assert read_options({"clip": "none"}).clip is None
 
 
 @pytest.mark.parametrize(
@@ -130,7 +138,7 @@ def test_options_are_read_as_the_cli_parses_them() -> None:
 )
 def test_bad_options_are_one_line_config_errors(options: dict[str, Any], words: list[str]) -> None:
     with pytest.raises(ConfigError) as error:
-        ReinforceConfig.from_options(options)
+        read_options(options)
     message = str(error.value)
     assert "\n" not in message and all(word in message for word in words), message
 
@@ -307,7 +315,7 @@ def test_parallel_workers_finish_the_budget_without_training_twice(store: Store)
 def test_status_shows_the_reward_statistics(store: Store) -> None:
     config = SearchConfig(strategy="reinforce", trials=12, options={"clip": 0.05})
     experiment = store.create_experiment("status", config.to_dict())
-    agent = Agent(
+    agent = SearchLoop(
         store,
         experiment,
         config.make_strategy((1, 8, 8), 10),

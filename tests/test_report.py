@@ -22,7 +22,7 @@ from nasagent.core.trial import TrialOutcome, TrialSpec
 from nasagent.execution.function import FunctionRunner
 from nasagent.persistence.postgres import Store
 from nasagent.results.report import Report, build_report, make_figures, write_report
-from nasagent.search.loop import Agent
+from nasagent.search.loop import SearchLoop
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space
 from nasagent.strategies.qlearning import QLearningStrategy
 from nasagent.strategies.random_search import RandomStrategy
@@ -75,7 +75,7 @@ def run_experiment(store: Store, name: str, strategy_name: str) -> None:
         runner = KnownRunner(FAILED_AT)
     else:
         strategy, runner = RandomStrategy(space, seed=1), KnownRunner(None)
-    Agent(store, experiment, strategy, runner, config.budget, seed=0, poll_seconds=0.0).run()
+    SearchLoop(store, experiment, strategy, runner, config.budget, seed=0, poll_seconds=0.0).run()
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_fig3_and_a2_hold_the_stores_accuracies(store: Store, qreport: Report) -
     # What the figures draw is exactly these numbers.
     figures = make_figures(qreport)
     ax = figures["fig3"].axes[0]
-    line = next(l for l in ax.lines if l.get_label().startswith("rolling mean"))
+    line = next(ln for ln in ax.lines if ln.get_label().startswith("rolling mean"))
     assert list(line.get_xdata()) == list(range(6, 31)) and list(line.get_ydata()) == pytest.approx(expected_rolling)
     bars = next(c for c in ax.containers if c.get_label() == "mean per ε")
     assert [b.get_height() for b in bars] == pytest.approx([g.mean_accuracy for g in curve.groups])
@@ -162,7 +162,7 @@ def test_fig_a3_a4_hold_the_mean_q_per_layer_type_and_kernel_by_depth(store: Sto
         assert got_kernel[kernel] == pytest.approx(by_depth)
     figures = make_figures(qreport)
     for key, curves in (("figA3", qreport.q.by_type), ("figA4", qreport.q.by_kernel)):
-        lines = {l.get_label(): l for l in figures[key].axes[0].lines}
+        lines = {ln.get_label(): ln for ln in figures[key].axes[0].lines}
         for c in curves:
             assert list(lines[c.label].get_xdata()) == c.depths
             assert list(lines[c.label].get_ydata()) == pytest.approx(c.means)

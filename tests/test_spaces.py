@@ -138,7 +138,8 @@ def test_mnist_space_uses_appendix_c_log_rules() -> None:
 def test_user_yaml_space(tmp_path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text(
-        "name: mine\nmax_depth: 3\nsize_bins: [8, 4, 1]\nconv: {filters: [4]}\npool: {shapes: [[2, 2]]}\nfc: {units: [16]}\n"
+        "name: mine\nmax_depth: 3\nsize_bins: [8, 4, 1]\nconv: {filters: [4]}\n"
+        "pool: {shapes: [[2, 2]]}\nfc: {units: [16]}\n"
     )
     space = load_space(str(path))
     assert space.name == "mine" and space.conv_kernels == (1, 3, 5)

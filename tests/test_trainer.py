@@ -14,7 +14,8 @@ from nasagent.core.arch import Architecture
 from nasagent.errors import ConfigError
 from nasagent.training.build import build_model, count_params
 from nasagent.training.data import DataBundle, Split, load_dataset
-from nasagent.training.trainer import TrainConfig, chance_accuracy, lr_at, resolve_device, train_architecture
+from nasagent.training.settings import TrainConfig
+from nasagent.training.trainer import chance_accuracy, lr_at, resolve_device, train_architecture
 
 CONV = Architecture.parse("[C(16,3,1), P(2,2), C(32,3,1), SM(10)]")
 TINY = Architecture.parse("[FC(16), SM(10)]")

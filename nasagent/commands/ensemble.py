@@ -55,6 +55,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     print_table(table)
     print(
         f"ensemble test accuracy {report['ensemble_test_accuracy']:.4f} "
-        f"(error {100 * (1 - report['ensemble_test_accuracy']):.2f}%; best single model {report['best_single_test_accuracy']:.4f})"
+        f"(error {100 * (1 - report['ensemble_test_accuracy']):.2f}%; "
+        f"best single model {report['best_single_test_accuracy']:.4f})"
     )
     return 0

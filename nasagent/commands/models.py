@@ -72,7 +72,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print(
-            f"no finetuned models of {args.experiment} in {store.url}; run nasagent finetune --experiment {args.experiment}"
+            f"no finetuned models of {args.experiment} in {store.url}; "
+            f"run nasagent finetune --experiment {args.experiment}"
         )
         return 0
     from rich.table import Table

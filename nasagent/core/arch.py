@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from nasagent.errors import ConfigError
 
@@ -68,8 +67,8 @@ class Softmax:
         return f"SM({self.classes})"
 
 
-Layer = Union[Conv, Pool, FC, GAP, Softmax]
-Terminal = Union[GAP, Softmax]
+Layer = Conv | Pool | FC | GAP | Softmax
+Terminal = GAP | Softmax
 
 _LAYER_RE = re.compile(r"\s*(C|P|FC|GAP|SM)\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)\s*")
 _ARITY = {"C": 3, "P": 2, "FC": 1, "GAP": 1, "SM": 1}

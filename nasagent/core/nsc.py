@@ -18,8 +18,9 @@ environment and adds nothing to the network, so the network value holds no termi
 terminal is the prediction head, ``HEAD(k)``.) Unused fields are 0.
 
 String form: ``NSC[(1,1,3,0,0), (2,2,2,1,0), (3,6,0,2,1); HEAD(10)]`` -- the layers as Table 1's
-5-tuples, then the prediction head with its class count (``NSC[HEAD(10)]`` without layers), which is part of the value so the trainer
-can check it against the data (``net.terminal.classes``). ``NSCNetwork.parse(str(n)) == n``.
+5-tuples, then the prediction head with its class count (``NSC[HEAD(10)]`` without layers), which is
+part of the value so the trainer can check it against the data (``net.terminal.classes``).
+``NSCNetwork.parse(str(n)) == n``.
 
 How a network is built (§4.1.1-4.1.2), and shape rules shared with :meth:`NSCNetwork.shapes`:
 
@@ -77,7 +78,8 @@ class NSCLayer:
             raise ConfigError(f"NSC layer {self.index}: type must be one of {LAYER_TYPES}, got {self.type}")
         if self.type in KERNELS and self.kernel not in KERNELS[self.type]:
             raise ConfigError(
-                f"NSC layer {self.index}: {_NAMES[self.type]} kernel must be one of {KERNELS[self.type]}, got {self.kernel}"
+                f"NSC layer {self.index}: {_NAMES[self.type]} kernel must be one of {KERNELS[self.type]}, "
+                f"got {self.kernel}"
             )
         if self.type not in KERNELS and self.kernel != 0:
             raise ConfigError(f"NSC layer {self.index}: {_NAMES[self.type]} has no kernel, got {self.kernel}")
@@ -194,7 +196,8 @@ class NSCNetwork:
             elif layer.type == AVG_POOL:
                 if layer.kernel > min(h, w):
                     raise ConfigError(
-                        f"layer {layer.index} of {self}: average pooling {layer.kernel}x{layer.kernel} of a {h}x{w} representation"
+                        f"layer {layer.index} of {self}: average pooling {layer.kernel}x{layer.kernel} "
+                        f"of a {h}x{w} representation"
                     )
                 out.append((c, h // layer.kernel, w // layer.kernel))
             else:

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class TrialStatus(str, Enum):
+    """Where a trial stands; the value is what the ``trials.status`` column holds."""
+
+    RUNNING = "running"
+    """Launched, outcome not recorded yet (after a crash: trained again on resume)."""
+    DONE = "done"
+    """Trained; its accuracy is the reward."""
+    FAILED = "failed"
+    """The network could not be trained (diverged, out of memory, crashed): chance-level reward."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -21,7 +36,7 @@ class TrialOutcome:
     """What a runner hands back: the reward and what the store records about the training."""
 
     trial_id: int
-    status: str
+    status: TrialStatus
     accuracy: float
     params: int | None = None
     failure: str | None = None
@@ -32,7 +47,7 @@ class TrialOutcome:
     @classmethod
     def failed(cls, trial_id: int, reason: str, num_classes: int, worker: str | None = None) -> TrialOutcome:
         """A trial that could not finish: chance-level reward, so the search goes on."""
-        return cls(trial_id, "failed", 1.0 / num_classes, failure=reason, worker=worker)
+        return cls(trial_id, TrialStatus.FAILED, 1.0 / num_classes, failure=reason, worker=worker)
 
 
 def trial_seed(experiment_seed: int, digest: str) -> int:
@@ -48,4 +63,6 @@ def outcome_to_json(outcome: TrialOutcome) -> dict[str, Any]:
 def outcome_from_json(data: dict[str, Any]) -> TrialOutcome:
     """Read back ``outcome_to_json``'s JSON (unknown keys, e.g. from a newer trial image, are dropped)."""
     known = {f.name for f in dataclasses.fields(TrialOutcome)}
-    return TrialOutcome(**{k: v for k, v in data.items() if k in known})
+    values = {k: v for k, v in data.items() if k in known}
+    values["status"] = TrialStatus(values["status"])
+    return TrialOutcome(**values)

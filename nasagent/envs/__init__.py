@@ -4,9 +4,3 @@
 :mod:`nasagent.strategies.env_driver` turns a searcher that acts in the environment inside out, so the agent
 can ask it for networks to train and tell it their accuracies.
 """
-
-from __future__ import annotations
-
-from nasagent.envs.nas_env import NASEnv, NSCSpace, NSCState, Step, encode, step
-
-__all__ = ["NASEnv", "NSCSpace", "NSCState", "Step", "encode", "step"]

@@ -348,37 +348,6 @@ class NASEnv(gym.Env):
         return f"{self.state.network(self.space.num_classes)}{terminal}{pointers} after {self.state.steps} actions"
 
 
-def space_from_options(options: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int) -> NSCSpace:
-    """The environment settings among a strategy's ``--option`` values (depth, tau, multi_branch,
-    sigma). Defaults are the paper's: d = 10, σ = 0.1, τ = 10 chained and 20 multi-branch (§6)."""
-    multi_branch = as_bool(options.get("multi_branch", False), "multi_branch")
-    try:
-        return NSCSpace(
-            tuple(int(v) for v in input_shape),
-            int(num_classes),  # type: ignore[arg-type]
-            depth=int(options.get("depth", 10)),
-            tau=int(options.get("tau", 20 if multi_branch else 10)),
-            multi_branch=multi_branch,
-            sigma=float(options.get("sigma", 0.1)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad environment option: {exc}") from None
-
-
-SPACE_OPTIONS = {"depth", "tau", "multi_branch", "sigma"}
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A boolean `--option` value: true/false, yes/no, 1/0."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-        return value.lower() in ("true", "yes", "1")
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ConfigError(f"--option {name} must be true or false, got {value!r}")
-
-
 __all__ = [
     "ACTION_NAMES",
     "A_ADD",
@@ -394,9 +363,7 @@ __all__ = [
     "NASEnv",
     "NSCSpace",
     "NSCState",
-    "SPACE_OPTIONS",
     "Step",
     "encode",
-    "space_from_options",
     "step",
 ]

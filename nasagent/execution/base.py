@@ -8,29 +8,96 @@ from nasagent.core.trial import TrialOutcome, TrialSpec
 
 
 class Runner(ABC):
-    """Runs up to ``capacity`` trials at once. Used from the agent's thread only.
+    """Runs up to ``capacity`` trials at once and hands back one outcome per trial.
 
-    Every submitted trial yields exactly one outcome from ``wait``: a trained result, or a failed
-    outcome with a reason when its worker, process or pod died.
+    The agent (``nasagent.search.loop.Agent``) drives a runner from its one thread, so a runner
+    needs no locks. It fills the free capacity with ``submit``, then calls ``wait`` for outcomes
+    while any trial is in flight, fills the room they made, and so on; when the search ends or
+    stops (budget reached, Ctrl-C, an error) it leaves the ``with`` block, which calls ``close``.
+
+    The contract, which ``tests/test_runners.py`` checks on every runner (this example included):
+
+    - ``capacity`` is at least 1 and does not change.
+    - Every submitted trial yields exactly one ``TrialOutcome`` from ``wait``, carrying its
+      ``trial_id``: none lost, none twice. A trial whose training crashed or whose worker, process
+      or pod died yields a failed outcome (``TrialOutcome.failed``) with the reason, and the
+      runner goes on with the other trials.
+    - ``in_flight`` counts the trials submitted whose outcome ``wait`` has not returned yet.
+    - ``wait(timeout)`` returns within about ``timeout`` seconds, also when nothing finishes.
+    - ``close`` may be called more than once.
+
+    A working runner that trains nothing: it scores each trial with a function as soon as it is
+    submitted, in the agent's thread (``FunctionRunner`` does the same with a W-deep queue)::
+
+        from collections.abc import Callable
+
+        from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus
+        from nasagent.execution.base import Runner
+
+
+        class InlineRunner(Runner):
+            def __init__(self, score: Callable[[TrialSpec], float], num_classes: int = 10) -> None:
+                self.capacity = 1
+                self.score = score
+                self.num_classes = num_classes
+                self._finished: list[TrialOutcome] = []
+
+            def submit(self, spec: TrialSpec) -> None:
+                try:
+                    outcome = TrialOutcome(spec.trial_id, TrialStatus.DONE, self.score(spec), worker="inline")
+                except Exception as exc:  # a crashing trial is a failed outcome, never a crashed search
+                    reason = f"trial crashed: {type(exc).__name__}: {exc}"
+                    outcome = TrialOutcome.failed(spec.trial_id, reason, self.num_classes, worker="inline")
+                self._finished.append(outcome)
+
+            def wait(self, timeout: float) -> list[TrialOutcome]:
+                finished, self._finished = self._finished, []
+                return finished
+
+            @property
+            def in_flight(self) -> int:
+                return len(self._finished)
     """
 
     capacity: int
+    """How many trials may be in flight at once (at least 1): worker processes, parallel Jobs or runs."""
 
     @abstractmethod
     def submit(self, spec: TrialSpec) -> None:
-        """Start a trial; the agent only calls this while ``in_flight < capacity``."""
+        """Start trial ``spec`` and return without waiting for it.
+
+        The agent calls this only while ``in_flight < capacity``, and only after it has recorded
+        the trial as running in the store (a trial pod reads it from there). It never submits a
+        trial id twice to one runner; after a crash, a resumed agent submits the trials that were
+        in flight again, with their old ids, to a new runner. A trial that fails is reported by
+        ``wait``; raise only for what must stop the whole search (the cluster refuses every trial).
+        """
 
     @abstractmethod
     def wait(self, timeout: float) -> list[TrialOutcome]:
-        """Outcomes that finished since the last call, blocking up to ``timeout`` seconds for one."""
+        """The outcomes of trials that finished since the last call, in any order.
+
+        The agent calls this after filling the free capacity, while at least one trial is in
+        flight, with its poll interval as ``timeout``. Block until at least one outcome is ready;
+        if none is, return ``[]`` after about ``timeout`` seconds: not much later (the agent
+        refreshes its display between calls) and not at once (its loop would spin). With nothing
+        in flight it may return ``[]`` at once. Never return an outcome of a trial that was not
+        submitted, nor a trial's outcome twice.
+        """
 
     @property
     @abstractmethod
     def in_flight(self) -> int:
-        """Trials submitted whose outcome has not been returned yet."""
+        """Trials submitted whose outcome ``wait`` has not returned yet (an outcome that is ready
+        but not yet handed over still counts). The agent reads it before every ``submit`` and to
+        decide when the search is over (0 with nothing left to launch), so it must be cheap."""
 
-    def close(self) -> None:
-        """Stop workers; trials still in flight are abandoned (a resume reruns them)."""
+    def close(self) -> None:  # noqa: B027 (a hook: a runner that holds nothing need not override it)
+        """Stop workers, Jobs or runs; trials still in flight are abandoned (a resume reruns them).
+
+        Called once the search ends or stops, through the ``with`` block, after which the agent
+        calls nothing else; an outer cleanup may call it again, so a second call must do nothing.
+        """
 
     def __enter__(self) -> Runner:
         return self

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_from_json
-from nasagent.errors import ConfigError, NasagentError
+from nasagent.errors import AttemptError, ConfigError
 from nasagent.execution.base import Runner
 from nasagent.persistence.postgres import Store
 
@@ -39,20 +39,6 @@ S3_ENV = {
 }
 # The environment variable through which a launcher tells ``nasagent trial`` its attempt number.
 ATTEMPT_ENV = "NASAGENT_ATTEMPT"
-
-
-class ApiError(Exception):
-    """A cluster API (Kubernetes or KFP) refused a request (``status`` = HTTP code) or could not be
-    reached (None). The launchers' client interfaces raise subclasses of it."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ClusterError(NasagentError):
-    """The cluster refused or cannot be reached in a way no retry fixes (bad credentials, no RBAC
-    permission, a missing namespace, an unreachable KFP server): one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +256,3 @@ class ClusterRunner(Runner):
         for attempt in list(self._active.values()):
             self._stop(attempt)
         self._active.clear()
-
-
-class AttemptError(Exception):
-    """Starting an attempt failed in a way a later attempt may not (a timeout, a 5xx, a quota)."""

@@ -12,16 +12,19 @@ from collections.abc import Callable
 
 from nasagent.core.arch import Architecture
 from nasagent.core.networks import parse_network
-from nasagent.core.trial import TrialOutcome, TrialSpec
+from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus
 from nasagent.execution.base import Runner
 
 
 class FunctionRunner(Runner):
-    """Rewards each architecture with ``reward(arch)``."""
+    """Rewards each architecture with ``reward(arch)``. A ``reward`` that raises for an architecture
+    (a surrogate table without it, say) fails that trial at chance, ``1 / num_classes``, as a crashed
+    training does in the other runners: the search goes on."""
 
-    def __init__(self, reward: Callable[[Architecture], float], capacity: int = 1) -> None:
+    def __init__(self, reward: Callable[[Architecture], float], capacity: int = 1, num_classes: int = 10) -> None:
         self.reward = reward
         self.capacity = capacity
+        self.num_classes = num_classes
         self.submitted: list[TrialSpec] = []
         self._queue: deque[TrialSpec] = deque()
 
@@ -35,8 +38,12 @@ class FunctionRunner(Runner):
         if not self._queue:
             return []
         spec = self._queue.popleft()
-        accuracy = float(self.reward(parse_network(spec.arch)))  # type: ignore[arg-type]
-        return [TrialOutcome(spec.trial_id, "done", accuracy, train_seconds=0.0, worker="function")]
+        try:
+            accuracy = float(self.reward(parse_network(spec.arch)))  # type: ignore[arg-type]
+        except Exception as exc:
+            reason = f"trial crashed: {type(exc).__name__}: {exc}"
+            return [TrialOutcome.failed(spec.trial_id, reason, self.num_classes, worker="function")]
+        return [TrialOutcome(spec.trial_id, TrialStatus.DONE, accuracy, train_seconds=0.0, worker="function")]
 
     @property
     def in_flight(self) -> int:

@@ -37,18 +37,9 @@ from kfp import compiler, dsl
 from kfp import kubernetes as kfp_kubernetes
 from kfp.dsl import Artifact, Metrics, Output
 
-from nasagent.core.trial import TrialOutcome, TrialSpec
-from nasagent.execution.cluster import (
-    DB_SECRET,
-    S3_ENV,
-    S3_SECRET,
-    ApiError,
-    Attempt,
-    AttemptError,
-    ClusterError,
-    ClusterRunner,
-    LauncherSettings,
-)
+from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus
+from nasagent.errors import AttemptError, ClusterError, PipelineApiError
+from nasagent.execution.cluster import DB_SECRET, S3_ENV, S3_SECRET, Attempt, ClusterRunner, LauncherSettings
 from nasagent.execution.kubernetes import GPU_RESOURCE, trial_labels
 from nasagent.persistence.postgres import Store
 
@@ -70,14 +61,14 @@ def nasagent_trial(
     """
     import json
 
-    from nasagent.core.trial import outcome_to_json
+    from nasagent.core.trial import TrialStatus, outcome_to_json
     from nasagent.execution.worker import record_trial
     from nasagent.persistence.postgres import connect
 
     with connect(None) as store:
         result = record_trial(store, experiment, trial_id, attempt)
     metrics.log_metric("accuracy", float(result.accuracy))
-    metrics.log_metric("failed", 1.0 if result.status == "failed" else 0.0)
+    metrics.log_metric("failed", 1.0 if result.status == TrialStatus.FAILED else 0.0)
     if result.params is not None:
         metrics.log_metric("params", float(result.params))
     if result.train_seconds is not None:
@@ -129,10 +120,6 @@ def compile_trial_pipeline(settings: LauncherSettings, path: Path) -> Path:
     """Compile ``trial_pipeline(settings)`` to the YAML package at ``path``."""
     compiler.Compiler().compile(trial_pipeline(settings), str(path))
     return path
-
-
-class PipelineApiError(ApiError):
-    """The KFP API refused a request (``status`` = HTTP code) or could not be reached (None)."""
 
 
 class PipelineClient(Protocol):

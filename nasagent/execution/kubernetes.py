@@ -46,16 +46,13 @@ from typing import Any, Protocol
 import yaml
 
 from nasagent.core.trial import TrialOutcome, TrialSpec
-from nasagent.errors import ConfigError
+from nasagent.errors import AttemptError, ClusterError, ConfigError, KubeApiError, WatchExpired
 from nasagent.execution.cluster import (
     ATTEMPT_ENV,
     DB_SECRET,
     S3_ENV,
     S3_SECRET,
-    ApiError,
     Attempt,
-    AttemptError,
-    ClusterError,
     ClusterRunner,
     LauncherSettings,
     dns_label,
@@ -70,17 +67,6 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 GPU_RESOURCE = "nvidia.com/gpu"
 # Refusals that no retry fixes: a malformed Job, no permission, no such namespace.
 _PERMANENT = (400, 401, 403, 404, 422)
-
-
-class KubeApiError(ApiError):
-    """The API server refused a request (``status`` = HTTP code) or could not be reached (None)."""
-
-
-class WatchExpired(KubeApiError):
-    """``410 Gone``: the resourceVersion a watch asked for is too old; list again."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(410, message)
 
 
 class KubernetesApi(Protocol):

@@ -20,7 +20,7 @@ import torch
 
 from nasagent.core.trial import TrialOutcome, TrialSpec
 from nasagent.execution.base import Runner
-from nasagent.execution.worker import TrialSettings, run_trial
+from nasagent.execution.worker import TrialSettings, run_trial_or_fail
 
 
 def default_workers() -> int:
@@ -45,13 +45,7 @@ def _worker_main(name: str, settings: TrialSettings, tasks: Any, results: Any, p
             continue
         if spec is None:
             return
-        try:
-            outcome = run_trial(spec, data, settings, worker=name)
-        except Exception as exc:  # a bug in one trial must not take the worker down silently
-            outcome = TrialOutcome.failed(
-                spec.trial_id, f"trial crashed: {type(exc).__name__}: {exc}", data.num_classes, name
-            )
-        results.put(outcome)
+        results.put(run_trial_or_fail(spec, data, settings, worker=name))
 
 
 @dataclass
@@ -131,18 +125,18 @@ class LocalRunner(Runner):
         for index, worker in enumerate(self._workers):
             if worker.process.is_alive():
                 continue
-            if worker.trial is not None:
-                # The result may have landed just before the worker died: prefer it.
+            had_trial = worker.trial is not None
+            if had_trial:
+                # The result may have landed just before the worker died: prefer it. (The dead
+                # worker is replaced either way: a trial submitted to it would be lost.)
                 try:
-                    late = self._results.get(timeout=0.1)
-                    outcomes.append(self._release(late))
-                    if worker.trial is None:
-                        continue
+                    outcomes.append(self._release(self._results.get(timeout=0.1)))
                 except queue.Empty:
                     pass
+            if worker.trial is not None:
                 reason = f"worker process died (exit code {worker.process.exitcode})"
                 outcomes.append(TrialOutcome.failed(worker.trial.trial_id, reason, self.num_classes, worker.name))
-            else:
+            elif not had_trial:
                 # A worker that keeps dying before it takes a trial cannot even load the data.
                 self._idle_deaths += 1
                 if self._idle_deaths > 3 * self.capacity:

@@ -10,8 +10,9 @@ Typical use::
 
 from __future__ import annotations
 
+from nasagent.errors import DuplicateTrialError
 from nasagent.persistence.embedded import embedded_url, nasagent_home, redact_url, resolve_db_url, stop_embedded
-from nasagent.persistence.postgres import DuplicateTrialError, Experiment, Store, StoreTransaction, TrialRow
+from nasagent.persistence.postgres import Experiment, Store, StoreTransaction, TrialRow
 
 __all__ = [
     "DuplicateTrialError",

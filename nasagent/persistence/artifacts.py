@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from nasagent.errors import NasagentError
+from nasagent.errors import ArtifactError
 from nasagent.persistence.embedded import nasagent_home
 
 ENV_URL = "NASAGENT_ARTIFACTS"
@@ -44,10 +44,6 @@ S3_RETRIES = 2
 
 
 T = TypeVar("T")
-
-
-class ArtifactError(NasagentError):
-    """An artifact store cannot be opened or used, or an artifact is missing."""
 
 
 def check_key(key: str) -> str:

@@ -22,7 +22,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from nasagent.errors import StoreError
+from nasagent.core.trial import TrialStatus
+from nasagent.errors import DuplicateTrialError, StoreError
 from nasagent.persistence.embedded import redact_url, resolve_db_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -30,7 +31,6 @@ _MIGRATION_FILE = re.compile(r"^(\d{3})_(\w+)\.sql$")
 # Arbitrary but fixed key: every nasagent process migrating any database takes this lock.
 _MIGRATION_LOCK_KEY = 7_366_583_120_001
 CONNECT_TIMEOUT_S = 5
-TRIAL_STATUSES = ("running", "done", "failed")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -74,7 +74,7 @@ class TrialRow:
     experiment_id: int
     arch: str
     digest: str
-    status: str
+    status: TrialStatus
     accuracy: float | None
     epsilon: float | None
     params: int | None
@@ -87,17 +87,15 @@ class TrialRow:
     finished_at: datetime | None
     train_seconds: float | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TrialStatus(self.status))  # the column holds the value; frozen
+
 
 _EXPERIMENT_COLUMNS = "id, name, config, created_at"
 _TRIAL_COLUMNS = (
     "id, experiment_id, arch, digest, status, accuracy, epsilon, params, worker, failure, "
     "attempts, info, created_at, started_at, finished_at, train_seconds"
 )
-
-
-class DuplicateTrialError(StoreError):
-    """``insert_trial`` of a digest the experiment already has (the replay dictionary forbids
-    training an architecture twice). The transaction stays usable: nothing was written."""
 
 
 def available_migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
@@ -301,14 +299,6 @@ class Store:
         """All experiments, oldest first."""
         return [Experiment(*row) for row in self._fetch(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments ORDER BY id")]
 
-    def update_experiment_config(self, experiment_id: int, config: dict[str, Any]) -> None:
-        """Replace the experiment's config (e.g. when a resumed search is given more trials)."""
-        rows = self._fetch(
-            "UPDATE experiments SET config = %s WHERE id = %s RETURNING id", (_json(config), experiment_id)
-        )
-        if not rows:
-            raise StoreError(f"unknown experiment id {experiment_id}")
-
     # -- reads ------------------------------------------------------------------------------
 
     def load_q(self, experiment_id: int) -> dict[tuple[str, str], float]:
@@ -328,7 +318,7 @@ class Store:
         rows = self._fetch("SELECT strategy, state FROM agent_state WHERE experiment_id = %s", (experiment_id,))
         return (rows[0][0], rows[0][1]) if rows else None
 
-    def trials(self, experiment_id: int, status: str | None = None) -> list[TrialRow]:
+    def trials(self, experiment_id: int, status: TrialStatus | None = None) -> list[TrialRow]:
         """The experiment's trials ordered by id, optionally only those with ``status``."""
         if status is None:
             rows = self._fetch(
@@ -460,7 +450,7 @@ class StoreTransaction:
         """Record the outcome of a trial: ``status`` is 'done' or 'failed'; ``info`` is merged
         into the trial's existing info (new keys win); ``worker``, if given, replaces the
         trial's worker (it is often known only once training ran); finished_at is set to now."""
-        if status not in ("done", "failed"):
+        if status not in (TrialStatus.DONE, TrialStatus.FAILED):
             raise ValueError(f"finish_trial status must be 'done' or 'failed', not {status!r}")
         with self._cursor() as cur:
             cur.execute(

@@ -74,7 +74,9 @@ def ensemble_members(
 def ensemble_experiment(
     db: Store, name: str, store: ArtifactStore, top: int = DEFAULT_TOP, device: str = "auto"
 ) -> dict[str, Any]:
-    """Score the top ``top`` models of experiment ``name`` and their softmax average on the test split; return the report."""
+    """Score the top ``top`` models of experiment ``name`` and their softmax average on the test split;
+    return the report.
+    """
     from nasagent.config import SearchConfig
 
     if top < 1:

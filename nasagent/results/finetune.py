@@ -111,7 +111,9 @@ def default_epochs(train_size: int) -> int:
 
 
 def resolve_schedule(schedule: str | None, epochs: int | None, train_size: int) -> Schedule:
-    """The schedule to train with: ``schedule`` (default: the paper-cifar shape over ``default_epochs``), rescaled to ``epochs`` if given."""
+    """The schedule to train with: ``schedule`` (default: the paper-cifar shape over ``default_epochs``),
+    rescaled to ``epochs`` if given.
+    """
     if schedule is None:
         return scale_schedule(parse_schedule(DEFAULT_SHAPE), epochs or default_epochs(train_size))
     phases = parse_schedule(schedule)

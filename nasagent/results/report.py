@@ -38,14 +38,16 @@ from typing import Any
 import yaml
 
 from nasagent.core.arch import FC, GAP, Conv, Pool, Softmax, parse_layer
+from nasagent.core.trial import TrialStatus
 from nasagent.errors import ConfigError
 from nasagent.persistence.postgres import Store, TrialRow
+from nasagent.search.leaderboard import LEADERBOARD_SIZE, leaderboard_markdown
 from nasagent.search.status import experiment_status, top_trials
+from nasagent.strategies.qlearning import QLearningConfig
 
 # The paper's rolling-mean window (§6, Figure 3).
 PAPER_WINDOW = 100
 HISTOGRAM_BINS = 20
-LEADERBOARD_SIZE = 25
 LAYER_TYPES = ("convolution", "pooling", "fully connected", "termination")
 
 
@@ -220,7 +222,7 @@ def accuracy_curve(trials: list[TrialRow], replay: list[tuple[str, float]]) -> A
         trial_ids=[t.id for t in finished],
         accuracies=accuracies,
         epsilons=[t.epsilon for t in finished],
-        failed=[t.status == "failed" for t in finished],
+        failed=[t.status == TrialStatus.FAILED for t in finished],
         window=window,
         rolling_iterations=list(range(window, len(accuracies) + 1)) if means else [],
         rolling_mean=means,
@@ -337,8 +339,8 @@ def build_report(store: Store, experiment_name: str, leaderboard_size: int = LEA
     experiment = store.get_experiment(experiment_name)
     trials = store.trials(experiment.id)
     status = experiment_status(store, experiment_name)
-    q_init = float(experiment.config.get("qlearning", {}).get("q_init", 0.5))
-    failed = [t for t in trials if t.status == "failed"]
+    q_init = float(experiment.config.get("qlearning", {}).get("q_init", QLearningConfig.q_init))
+    failed = [t for t in trials if t.status == TrialStatus.FAILED]
     reasons: dict[str, int] = {}
     for t in failed:
         reason = t.failure or "(no reason recorded)"
@@ -511,7 +513,7 @@ def figure_timing(report: Report) -> Any:
         list(range(len(timed))),
         [t.started_offset for t in timed],
         [t.finished_offset for t in timed],
-        colors=["#d62728" if t.status == "failed" else "#1f77b4" for t in timed],
+        colors=["#d62728" if t.status == TrialStatus.FAILED else "#1f77b4" for t in timed],
         lw=2,
     )
     right.set_xlabel("seconds since the first trial started")
@@ -585,9 +587,11 @@ def _config_rows(config: dict[str, Any]) -> list[list[Any]]:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;\
+max-width:1150px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em} \
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right} code,.arch{font-family:ui-monospace,Menlo,monospace}
 figure{margin:1em 0} figure img{max-width:100%} figcaption{font-size:.9em;color:#555}
 .note{background:#fff8e1;border-left:4px solid #f0c36d;padding:.5em 1em} .muted{color:#777}
@@ -610,7 +614,8 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>nasagent report: {html.escape(report.experiment)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Experiment <code>{html.escape(report.experiment)}</code></h1>",
-        f'<p class="muted">generated {html.escape(report.generated_at)} by nasagent from the experiment\'s database</p>',
+        f'<p class="muted">generated {html.escape(report.generated_at)} '
+        "by nasagent from the experiment's database</p>",
         "<h2>Summary</h2>",
         _table(None, [[k, json.dumps(v) if isinstance(v, dict) else v] for k, v in status.items()]),
         "<h2>Q-learning performance (Figure 3)</h2>",
@@ -695,24 +700,6 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def leaderboard_markdown(report: Report) -> str:
-    """The leaderboard as a Markdown table (Kubeflow's markdown viewer)."""
-    lines = [
-        f"# {report.experiment}: top {len(report.leaderboard)}",
-        "",
-        f"{report.status.get('unique_trained')} models trained, {len(report.failures)} failed, "
-        f"best accuracy {_fmt(report.status.get('best_accuracy'))}.",
-        "",
-        "| rank | accuracy | params | ε | architecture |",
-        "|---:|---:|---:|---:|---|",
-    ]
-    for r in report.leaderboard:
-        lines.append(
-            f"| {r['rank']} | {_fmt(r['accuracy'])} | {_fmt(r['params'])} | {_fmt(r['epsilon'], 2)} | `{r['arch']}` |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def write_report(report: Report, out_dir: str | Path) -> Path:
     """Write ``index.html``, ``report.json`` and ``leaderboard.md`` into ``out_dir`` (created if
     needed); return the path of ``index.html``. An unwritable directory is a one-line ConfigError."""
@@ -722,7 +709,9 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report.to_json(), indent=2, default=str), encoding="utf-8")
-        (out / "leaderboard.md").write_text(leaderboard_markdown(report), encoding="utf-8")
+        (out / "leaderboard.md").write_text(
+            leaderboard_markdown(report.experiment, report.status, report.leaderboard), encoding="utf-8"
+        )
         index = out / "index.html"
         index.write_text(page, encoding="utf-8")
     except OSError as exc:

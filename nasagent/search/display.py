@@ -11,11 +11,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from nasagent.search.loop import Progress
+from nasagent.core.trial import TrialStatus
+from nasagent.search.callbacks import SearchCallback, SearchView
+from nasagent.search.progress import Progress
 from nasagent.strategies.schedule import EpsilonSchedule
 
 
-class SearchDisplay:
+class SearchDisplay(SearchCallback):
     """A live status line on a terminal; one log line per finished trial otherwise (CI, kubectl logs)."""
 
     def __init__(self, schedule: EpsilonSchedule | None, console: Console | None = None) -> None:
@@ -57,7 +59,11 @@ class SearchDisplay:
             parts.append(f"ETA {_duration(per_trial * (p.budget - p.unique_finished))}")
         return " | ".join(parts)
 
-    def __call__(self, p: Progress) -> None:
+    def on_step(self, search: SearchView) -> None:
+        self.show(search.progress)
+
+    def show(self, p: Progress) -> None:
+        """Print new notes, then refresh the status line (or log the trial that just finished)."""
         for note in p.notes[self._notes_shown :]:
             self.console.print(f"[yellow]{note}[/]")
         self._notes_shown = len(p.notes)
@@ -67,7 +73,7 @@ class SearchDisplay:
         elif p.last is not None and p.last is not self._last_logged:
             self._last_logged = p.last
             outcome = p.last
-            what = f"{outcome.accuracy:.4f}" if outcome.status == "done" else f"failed ({outcome.failure})"
+            what = f"{outcome.accuracy:.4f}" if outcome.status == TrialStatus.DONE else f"failed ({outcome.failure})"
             self.console.print(f"trial {outcome.trial_id} {p.last_arch} -> {what}", highlight=False)
             self.console.print(line, highlight=False)
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import os
 
-from nasagent.errors import ConfigError
-from nasagent.persistence.artifacts import ENV_URL, ArtifactError, ArtifactStore, open_artifacts
+from nasagent.core.trial import TrialOutcome, TrialStatus
+from nasagent.errors import ArtifactError, ConfigError
+from nasagent.persistence.artifacts import ENV_URL, ArtifactStore, open_artifacts
 from nasagent.persistence.postgres import Experiment, Store
+from nasagent.search.callbacks import SearchCallback, SearchView
 from nasagent.training.checkpoints import checkpoint_ids, checkpoint_key, checkpoint_prefix
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointKeeper:
+class CheckpointKeeper(SearchCallback):
     """Keeps the checkpoints of an experiment's current top ``k`` trials and deletes the others."""
 
     def __init__(self, store: ArtifactStore, experiment: str, k: int) -> None:
@@ -27,12 +29,12 @@ class CheckpointKeeper:
     def keep_top(self, db: Store, experiment: Experiment) -> list[int]:
         """Delete the checkpoints of finished trials outside the top k (by ``db.top``); return their ids.
 
-        Called by the agent after each recorded trial. Checkpoints of trials still running are
+        Called after each recorded trial (``on_trial_finished``). Checkpoints of trials still running are
         kept: their outcome (and rank) is not known yet. A failing artifact store is logged,
         not raised: losing a checkpoint must not stop a search.
         """
         keep = {trial.id for trial in db.top(experiment.id, self.k)}
-        keep |= {trial.id for trial in db.trials(experiment.id, status="running")}
+        keep |= {trial.id for trial in db.trials(experiment.id, status=TrialStatus.RUNNING)}
         try:
             stale = [tid for tid in checkpoint_ids(self.store, self.experiment) if tid not in keep]
             for trial_id in stale:
@@ -41,6 +43,10 @@ class CheckpointKeeper:
             log.warning("could not prune checkpoints of %s: %s", self.experiment, exc)
             return []
         return stale
+
+    def on_trial_finished(self, search: SearchView, outcome: TrialOutcome) -> None:
+        """Prune to the new top k once the trial's outcome is committed (its rank is known)."""
+        self.keep_top(search.store, search.experiment)
 
 
 def search_keeper(url: str | None, experiment: str, k: int) -> CheckpointKeeper | None:

@@ -1,11 +1,12 @@
 """The live leaderboard of a search, kept in the artifact store and refreshed as trials finish.
 
-When a search has an artifact store (``--artifacts`` or ``$NASAGENT_ARTIFACTS``), the agent's
-progress hook calls ``LeaderboardPublisher`` after every step; whenever a trial has finished
+When a search has an artifact store (``--artifacts`` or ``$NASAGENT_ARTIFACTS``), the search
+loop calls its ``LeaderboardPublisher`` callback after every step; whenever a trial has finished
 since the last call (a new model trained or failed; replay-dictionary hits change nothing here)
 it writes
 
-* ``<experiment>/reports/leaderboard.json``: ``{"status": <nasagent status --json>, "top": <nasagent top --json>, "updated_at": ...}``
+* ``<experiment>/reports/leaderboard.json``:
+  ``{"status": <nasagent status --json>, "top": <nasagent top --json>, "updated_at": ...}``
 * ``<experiment>/reports/leaderboard.md``: the same table as ``nasagent report``'s ``leaderboard.md``
 
 so that a long search on a cluster can be followed from the object store (``mc cat``, the MinIO
@@ -18,15 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nasagent.persistence.artifacts import ENV_URL, ArtifactError, ArtifactStore, experiment_key, open_artifacts
-
-if TYPE_CHECKING:
-    from nasagent.persistence.postgres import Store
-    from nasagent.search.loop import Progress
+from nasagent.errors import ArtifactError
+from nasagent.persistence.artifacts import ENV_URL, ArtifactStore, experiment_key, open_artifacts
+from nasagent.persistence.postgres import Store
+from nasagent.search.callbacks import SearchCallback, SearchView
+from nasagent.search.progress import Progress
+from nasagent.search.status import experiment_status, top_trials
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict
     return "\n".join(lines) + "\n"
 
 
-class LeaderboardPublisher:
-    """A progress hook writing the experiment's leaderboard to ``store`` whenever a trial finished."""
+class LeaderboardPublisher(SearchCallback):
+    """A search callback writing the experiment's leaderboard to ``store`` whenever a trial finished."""
 
     def __init__(self, db: Store, store: ArtifactStore, experiment: str, k: int = LEADERBOARD_SIZE) -> None:
         leaderboard_keys(experiment)  # the name must be usable in keys: fail before the search starts
@@ -79,8 +80,6 @@ class LeaderboardPublisher:
 
     def publish(self) -> bool:
         """Write both files now; False (and a logged warning) if the store failed."""
-        from nasagent.search.status import experiment_status, top_trials
-
         status = experiment_status(self.db, self.experiment)
         top = top_trials(self.db, self.experiment, self.k)
         document = {
@@ -97,14 +96,8 @@ class LeaderboardPublisher:
             return False
         return True
 
-    def after(self, first: Callable[[Progress], None]) -> Callable[[Progress], None]:
-        """A progress hook that calls ``first`` (e.g. the live display), then this publisher."""
-
-        def both(progress: Progress) -> None:
-            first(progress)
-            self(progress)
-
-        return both
+    def on_step(self, search: SearchView) -> None:
+        self(search.progress)
 
 
 def search_leaderboard(url: str | None, db: Store, experiment: str) -> LeaderboardPublisher | None:

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from nasagent.core.networks import Network, parse_network
-from nasagent.core.trial import TrialOutcome, TrialSpec, trial_seed
+from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus, trial_seed
 from nasagent.errors import ConfigError
 from nasagent.execution.base import Runner
 from nasagent.persistence.postgres import Experiment, Store
+from nasagent.search.callbacks import SearchCallback
+from nasagent.search.progress import Progress
 from nasagent.strategies.base import Proposal, Strategy
-
-if TYPE_CHECKING:
-    from nasagent.search.keeper import CheckpointKeeper
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +35,7 @@ log = logging.getLogger(__name__)
 MAX_REPEATS_IN_A_ROW = 20_000
 
 
-@dataclass
-class Progress:
-    """What the agent reports after every step, for the live display."""
-
-    budget: int
-    unique_launched: int = 0
-    unique_finished: int = 0
-    trials_done: int = 0
-    in_flight: int = 0
-    failed: int = 0
-    epsilon: float | None = None
-    best_accuracy: float | None = None
-    best_arch: str | None = None
-    last: TrialOutcome | None = None
-    last_arch: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-class Agent:
+class SearchLoop:
     """Runs one experiment's search to its budget of unique architectures, resuming where it stopped."""
 
     def __init__(
@@ -67,9 +46,8 @@ class Agent:
         runner: Runner,
         budget: int,
         seed: int,
-        on_progress: Callable[[Progress], None] | None = None,
+        callbacks: Sequence[SearchCallback] = (),
         poll_seconds: float = 1.0,
-        checkpoints: CheckpointKeeper | None = None,
     ) -> None:
         self.store = store
         self.experiment = experiment
@@ -77,9 +55,8 @@ class Agent:
         self.runner = runner
         self.budget = budget
         self.seed = seed
-        self.on_progress = on_progress or (lambda _p: None)
+        self.callbacks = list(callbacks)
         self.poll_seconds = poll_seconds
-        self.checkpoints = checkpoints  # prunes saved weights to the current top k after each trial
         self.known: dict[str, tuple[int, float]] = {}  # digest -> (trial id, reward) of finished trials
         self.in_flight: dict[str, tuple[int, Network]] = {}  # digest -> (trial id, arch)
         self.waiting: dict[str, list[Proposal]] = defaultdict(list)  # proposals of in-flight archs
@@ -98,13 +75,13 @@ class Agent:
         self.strategy.restore(saved[1] if saved else None, self.store.load_q(eid), replay)
         rerun = []
         for trial in self.store.trials(eid):
-            if trial.status == "running":
+            if trial.status == TrialStatus.RUNNING:
                 rerun.append(TrialSpec(trial.id, trial.arch, trial_seed(self.seed, trial.digest)))
                 self.in_flight[trial.digest] = (trial.id, parse_network(trial.arch))
             else:
                 self.known[trial.digest] = (trial.id, float(trial.accuracy))
                 self._note_best(trial.arch, float(trial.accuracy), trial.status)
-                self.progress.failed += trial.status == "failed"
+                self.progress.failed += trial.status == TrialStatus.FAILED
         self.progress.unique_launched = len(self.known) + len(rerun)
         self.progress.unique_finished = len(self.known)
         self.progress.trials_done = len(replay)
@@ -115,9 +92,9 @@ class Agent:
             self.progress.notes.append(f"resumed: rerunning {len(rerun)} trial(s) that were in flight")
         return rerun
 
-    def _note_best(self, arch: str, accuracy: float, status: str) -> None:
+    def _note_best(self, arch: str, accuracy: float, status: TrialStatus) -> None:
         best = self.progress.best_accuracy
-        if status == "done" and (best is None or accuracy > best):
+        if status == TrialStatus.DONE and (best is None or accuracy > best):
             self.progress.best_accuracy, self.progress.best_arch = accuracy, arch
 
     # -- the loop ------------------------------------------------------------------------------
@@ -138,6 +115,8 @@ class Agent:
                 break
             for outcome in self.runner.wait(self.poll_seconds):
                 self._record(outcome)
+        for callback in self.callbacks:
+            callback.on_search_end(self)
         return self.progress
 
     def _launch_new(self) -> bool:
@@ -181,11 +160,11 @@ class Agent:
         self._reward(proposals, outcome.trial_id, outcome.accuracy, outcome)
         self.known[digest] = (outcome.trial_id, outcome.accuracy)
         self.progress.unique_finished += 1
-        self.progress.failed += outcome.status == "failed"
+        self.progress.failed += outcome.status == TrialStatus.FAILED
         self.progress.last, self.progress.last_arch = outcome, str(arch)
         self._note_best(str(arch), outcome.accuracy, outcome.status)
-        if self.checkpoints is not None:
-            self.checkpoints.keep_top(self.store, self.experiment)
+        for callback in self.callbacks:
+            callback.on_trial_finished(self, outcome)
 
     def _reward(
         self, proposals: list[Proposal], trial_id: int, reward: float, outcome: TrialOutcome | None = None
@@ -215,4 +194,5 @@ class Agent:
 
     def _report(self) -> None:
         self.progress.in_flight = self.runner.in_flight
-        self.on_progress(self.progress)
+        for callback in self.callbacks:
+            callback.on_step(self)

@@ -10,8 +10,10 @@ from nasagent.errors import ConfigError
 from nasagent.execution.base import Runner
 from nasagent.execution.local import LocalRunner, default_workers
 from nasagent.persistence.postgres import Experiment, Store
-from nasagent.search.loop import Agent, Progress
+from nasagent.search.loop import SearchLoop
+from nasagent.search.progress import Progress
 from nasagent.strategies.qlearning import QLearningConfig
+from nasagent.strategies.registry import FOLLOWS_SCHEDULE
 from nasagent.training.settings import TrialSettings
 
 if TYPE_CHECKING:
@@ -65,22 +67,13 @@ def run_search(
     data = settings.load_data()
     strategy = config.make_strategy(data.input_shape, data.num_classes)
     experiment = existing or store.create_experiment(name, config.to_dict())
-    schedule = config.epsilon_schedule() if config.strategy == "qlearning" else None
+    schedule = config.epsilon_schedule() if config.strategy in FOLLOWS_SCHEDULE else None
     with (
         open_runner(launcher, cluster, store, settings, workers, data.num_classes) as runner,
         SearchDisplay(schedule) as display,
     ):
-        agent = Agent(
-            store,
-            experiment,
-            strategy,
-            runner,
-            config.budget,
-            config.seed,
-            on_progress=leaderboard.after(display) if leaderboard else display,
-            checkpoints=keeper,
-        )
-        return agent.run()
+        callbacks = [c for c in (display, keeper, leaderboard) if c is not None]
+        return SearchLoop(store, experiment, strategy, runner, config.budget, config.seed, callbacks=callbacks).run()
 
 
 def open_runner(

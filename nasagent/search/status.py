@@ -6,6 +6,7 @@ from typing import Any
 
 from nasagent.config import SearchConfig
 from nasagent.persistence.postgres import Store
+from nasagent.strategies.registry import FOLLOWS_SCHEDULE
 
 
 def experiment_status(store: Store, name: str) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def experiment_status(store: Store, name: str) -> dict[str, Any]:
     config = SearchConfig.from_dict(experiment.config)
     counts = store.counts(experiment.id)
     launched = counts["unique_trained"] + counts["running"]
-    epsilon = config.epsilon_schedule().position(launched)[1] if config.strategy == "qlearning" else None
+    epsilon = config.epsilon_schedule().position(launched)[1] if config.strategy in FOLLOWS_SCHEDULE else None
     return {
         "experiment": name,
         "strategy": config.strategy,

@@ -54,7 +54,55 @@ class Strategy(ABC):
 
     Life cycle: ``restore`` once (also for a new experiment, with empty history), then any sequence
     of ``ask`` and ``tell``. After every ``tell`` and every ``ask`` the agent saves ``state_dict()``
-    and ``pop_value_changes()`` in the same transaction as the trial it belongs to.
+    and ``pop_value_changes()`` in the same transaction as the trial it belongs to. A strategy
+    restored from those (and the replay memory) must propose exactly what the saved one would have.
+
+    Example: uniform random walks over the experiment's MetaQNN space that remember the best reward.
+    It is complete: ``tests/test_strategies.py`` runs this code through the contract every registered
+    strategy meets, so the example cannot rot::
+
+        from typing import Any
+
+        import numpy as np
+
+        from nasagent.core.networks import Network
+        from nasagent.spaces.metaqnn import MetaQNNSpace
+        from nasagent.strategies.base import Proposal, Strategy, StrategyContext
+
+
+        class RandomWalk(Strategy):
+            name = "random-walk"
+
+            def __init__(self, ctx: StrategyContext) -> None:
+                self.space = MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes)
+                self.rng = np.random.default_rng(ctx.seed)  # its own generator: saved, so a resume continues it
+                self.best = 0.0
+
+            def ask(self, unique_launched: int) -> Proposal:
+                def uniform(state: Any, actions: tuple[Any, ...]) -> Any:
+                    return actions[int(self.rng.integers(len(actions)))]
+
+                return Proposal(self.space.sample(uniform))
+
+            def tell(self, arch: Network, reward: float, first_training: bool) -> None:
+                self.best = max(self.best, reward)
+
+            def state_dict(self) -> dict[str, Any]:
+                return {"rng": self.rng.bit_generator.state, "summary": {"best": self.best}}
+
+            def restore(
+                self,
+                state: dict[str, Any] | None,
+                values: dict[tuple[str, str], float],
+                replay: list[tuple[Network, float]],
+            ) -> None:
+                if state is not None:
+                    self.rng.bit_generator.state = state["rng"]
+                self.best = max((reward for _, reward in replay), default=0.0)
+
+    To offer it as ``--strategy random-walk``, give its module a factory ``from_context(ctx)`` and
+    ``OPTIONS``, the dataclass of its settings read with :func:`nasagent.strategies.options.options_from`,
+    and name the factory in :data:`nasagent.strategies.registry.STRATEGIES`.
     """
 
     name: str = "strategy"
@@ -87,7 +135,3 @@ class Strategy(ABC):
     def pop_value_changes(self) -> dict[tuple[str, str], float]:
         """(state, action) -> value entries changed since the last call, for tabular strategies."""
         return {}
-
-    def epsilon(self, unique_launched: int) -> float | None:
-        """The exploration rate at this budget position, for strategies that have one."""
-        return None

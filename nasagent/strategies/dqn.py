@@ -28,74 +28,92 @@ left out: the paper names plain DQN with experience replay.
 
 from __future__ import annotations
 
-import base64
-import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from nasagent.envs.nas_env import SPACE_OPTIONS, NSCSpace, Step, encode, space_from_options
+from nasagent.envs.nas_env import NSCSpace, Step, encode
 from nasagent.errors import ConfigError
 from nasagent.strategies.base import StrategyContext
-from nasagent.strategies.env_driver import EnvStrategy
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.env_driver import EnvOptions, EnvStrategy
+from nasagent.strategies.options import options_from
+from nasagent.strategies.tensors import from_base64, to_base64
 
 T_MAX_PER_NETWORK = 10
 """Default t_max: environment steps per network of the agent's budget."""
-OPTIONS = SPACE_OPTIONS | {
-    "t_max",
-    "exploration_fraction",
-    "batch_size",
-    "lr",
-    "gamma",
-    "learning_starts",
-    "target_update",
-    "train_freq",
-}
 
 
 @dataclass(frozen=True)
-class DQNConfig:
-    """Hyperparameters of §6.1 (and the defaults chosen where it is silent, see the module docstring)."""
+class DQNOptions(EnvOptions):
+    """``--strategy dqn``'s settings: the environment's (:class:`EnvOptions`) and the hyperparameters of
+    §6.1, with the defaults chosen where it is silent (see the module docstring)."""
 
-    t_max: int
-    """Environment steps the search is planned for: sets the buffer size and ε's decay."""
+    t_max: int | None = None
+    """Environment steps the search is planned for: sets the buffer size (t_max / 2) and ε's decay;
+    None: 10 x the budget of unique networks (resolved by ``from_context``, see :meth:`with_budget`)."""
     exploration_fraction: float = 0.1
+    """Fraction of t_max over which ε falls from ``eps_start`` to ``eps_final``."""
     eps_start: float = 1.0
+    """ε at the first environment step."""
     eps_final: float = 0.1
+    """ε after the exploration fraction, to the end."""
     batch_size: int = 20
+    """Transitions per gradient step (§6.1)."""
     lr: float = 5e-4
+    """Adam learning rate (§6.1)."""
     gamma: float = 0.9
+    """Discount factor γ (the paper is silent: meta-A2C's value, so the two learners discount alike)."""
     learning_starts: int = 20
+    """Stored transitions before the first gradient step (one minibatch)."""
     target_update: int = 100
+    """Environment steps between copies of the Q-network into the target network."""
     train_freq: int = 1
+    """Environment steps between gradient steps."""
     hidden: int = 64
+    """Units of each of the Q-network's two tanh layers (baselines' ``mlp``)."""
 
     def __post_init__(self) -> None:
+        t_max = 1 if self.t_max is None else self.t_max
         if (
-            min(self.t_max, self.batch_size, self.target_update, self.train_freq, self.hidden) < 1
+            min(t_max, self.batch_size, self.target_update, self.train_freq, self.hidden) < 1
             or self.learning_starts < 0
         ):
             raise ConfigError(
-                "t_max, batch_size, target_update, train_freq must be at least 1 and learning_starts non-negative"
+                "t_max, batch_size, target_update, train_freq and hidden must be at least 1, "
+                "learning_starts non-negative"
             )
         if not 0.0 < self.exploration_fraction <= 1.0 or not 0.0 < self.gamma <= 1.0 or self.lr <= 0:
             raise ConfigError(
-                f"need 0 < exploration_fraction <= 1, 0 < gamma <= 1, lr > 0; got {self.exploration_fraction}, {self.gamma}, {self.lr}"
+                "need 0 < exploration_fraction <= 1, 0 < gamma <= 1, lr > 0; "
+                f"got {self.exploration_fraction}, {self.gamma}, {self.lr}"
             )
+
+    def with_budget(self, budget: int) -> DQNOptions:
+        """These options with t_max resolved: given, or ``T_MAX_PER_NETWORK`` x the budget."""
+        return self if self.t_max is not None else replace(self, t_max=T_MAX_PER_NETWORK * budget)
+
+    @property
+    def planned_steps(self) -> int:
+        """t_max; a ValueError while it is still unresolved (the strategy is only built with it set)."""
+        if self.t_max is None:
+            raise ValueError("DQN options need t_max: resolve it with with_budget()")
+        return self.t_max
 
     @property
     def buffer_size(self) -> int:
         """t_max / 2 (§6.1)."""
-        return max(1, self.t_max // 2)
+        return max(1, self.planned_steps // 2)
 
     def epsilon(self, steps: int) -> float:
         """Linear from ``eps_start`` to ``eps_final`` over the first ``exploration_fraction`` of t_max."""
-        span = self.exploration_fraction * self.t_max
+        span = self.exploration_fraction * self.planned_steps
         return self.eps_start + (self.eps_final - self.eps_start) * min(1.0, steps / span)
+
+
+OPTIONS = DQNOptions
 
 
 def q_network(inputs: int, actions: int, hidden: int) -> nn.Sequential:
@@ -167,7 +185,11 @@ class DQNStrategy(EnvStrategy):
 
     name = "dqn"
 
-    def __init__(self, space: NSCSpace, seed: int, config: DQNConfig) -> None:
+    def __init__(self, space: NSCSpace, seed: int, config: DQNOptions) -> None:
+        """``space`` is the environment (``config.space(...)`` when built from options); ``config.t_max``
+        must be set (see :meth:`DQNOptions.with_budget`)."""
+        if config.t_max is None:
+            raise ValueError("DQNStrategy needs t_max: build it with from_context or DQNOptions.with_budget()")
         super().__init__(space, seed)
         self.config = config
         inputs = space.obs_shape[0] * space.obs_shape[1]
@@ -225,12 +247,10 @@ class DQNStrategy(EnvStrategy):
             "optimizer": self.optimizer.state_dict(),
             "buffer": self.buffer.to_tensors(),
         }
-        buffer = io.BytesIO()
-        torch.save(blob, buffer)
-        return {"blob": base64.b64encode(buffer.getvalue()).decode("ascii"), "gradient_steps": self.gradient_steps}
+        return {"blob": to_base64(blob), "gradient_steps": self.gradient_steps}
 
     def restore_learner(self, state: dict[str, Any]) -> None:
-        blob = torch.load(io.BytesIO(base64.b64decode(state["blob"])), weights_only=True)
+        blob = from_base64(state["blob"])
         self.q.load_state_dict(blob["q"])
         self.target.load_state_dict(blob["target"])
         self.optimizer.load_state_dict(blob["optimizer"])
@@ -242,21 +262,6 @@ class DQNStrategy(EnvStrategy):
 
 
 def from_context(ctx: StrategyContext) -> DQNStrategy:
-    """``--strategy dqn``; options: depth, tau, multi_branch, sigma (the environment), t_max,
-    exploration_fraction, batch_size, lr, gamma, learning_starts, target_update, train_freq."""
-    check_options(ctx.options, OPTIONS, "dqn")
-    o = ctx.options
-    try:
-        cfg = DQNConfig(
-            t_max=int(o.get("t_max", T_MAX_PER_NETWORK * ctx.budget)),
-            exploration_fraction=float(o.get("exploration_fraction", 0.1)),
-            batch_size=int(o.get("batch_size", 20)),
-            lr=float(o.get("lr", 5e-4)),
-            gamma=float(o.get("gamma", 0.9)),
-            learning_starts=int(o.get("learning_starts", 20)),
-            target_update=int(o.get("target_update", 100)),
-            train_freq=int(o.get("train_freq", 1)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad dqn option: {exc}") from None
-    return DQNStrategy(space_from_options(o, ctx.input_shape, ctx.num_classes), ctx.seed, cfg)
+    """``--strategy dqn``; its options are :class:`DQNOptions` (the environment's and the learner's)."""
+    options = options_from(DQNOptions, ctx.options, "dqn").with_budget(ctx.budget)
+    return DQNStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed, options)

@@ -39,6 +39,27 @@ MAX_SILENT_STEPS = 100_000
 RECENT = 100
 
 
+@dataclass(frozen=True)
+class EnvOptions:
+    """The NAS environment's ``--option`` settings, shared by every searcher acting in it (the options
+    of dqn and meta-a2c extend this class). Defaults are the paper's (§6)."""
+
+    depth: int = NSCSpace.depth
+    """d: the most NSC rows a state holds (§6.1: 10)."""
+    tau: int | None = None
+    """τ: the most actions in one episode; None: 10 chained, 20 multi-branch (§6.1, §6.2)."""
+    multi_branch: bool = NSCSpace.multi_branch
+    """14 actions with merges and pointer shifts instead of the 8 chain-structured ones."""
+    sigma: float = NSCSpace.sigma
+    """σ: a pointer shift's reward is σ times the accuracy (§6.2 tried 0.0 and 0.1)."""
+
+    def space(self, input_shape: tuple[int, int, int], num_classes: int) -> NSCSpace:
+        """The environment these settings describe for data of this shape and class count."""
+        tau = self.tau if self.tau is not None else (20 if self.multi_branch else 10)
+        shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+        return NSCSpace(shape, int(num_classes), self.depth, tau, self.multi_branch, self.sigma)
+
+
 @dataclass
 class Lane:
     """One copy of the environment: its state and the action whose accuracy it waits for."""

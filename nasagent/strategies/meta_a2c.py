@@ -32,9 +32,7 @@ Departures, and where the paper is silent:
 
 from __future__ import annotations
 
-import base64
-import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,37 +40,57 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasagent.envs.nas_env import SPACE_OPTIONS, NSCSpace, Step, as_bool, encode, space_from_options
+from nasagent.envs.nas_env import NSCSpace, Step, encode
 from nasagent.errors import ConfigError
 from nasagent.strategies.base import StrategyContext
-from nasagent.strategies.env_driver import EnvStrategy, Lane
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.env_driver import EnvOptions, EnvStrategy, Lane
+from nasagent.strategies.options import options_from
+from nasagent.strategies.tensors import from_base64, to_base64
 
 POLICY_FORMAT = "nasagent-meta-a2c/1"
-OPTIONS = SPACE_OPTIONS | {"policy", "learn", "horizon", "gamma", "entropy", "lr"}
+POLICY_SETTINGS = ("depth", "multi_branch", "hidden")
+"""Settings a policy's weights are shaped by: taken from its file, and an explicit other value is an error."""
 
 
 @dataclass(frozen=True)
-class MetaA2CConfig:
-    """Hyperparameters of §4.2.5 and §6.1 (plus baselines' A2C defaults where the paper is silent)."""
+class MetaA2COptions(EnvOptions):
+    """``--strategy meta-a2c``'s settings: the environment's (:class:`EnvOptions`) and the hyperparameters
+    of §4.2.5 and §6.1 (plus baselines' A2C defaults where the paper is silent)."""
 
-    horizon: int = 5
-    """j: steps between updates."""
+    policy: str | None = None
+    """A trained policy file (``--policy``); its depth, τ, action set and LSTM size become the defaults."""
+    learn: bool | None = None
+    """Update the policy during the search; None: only without ``policy`` (a given policy stays fixed)."""
+    horizon: int | None = None
+    """j: steps between updates; None: 10 multi-branch, else 5 (§6.2)."""
     gamma: float = 0.9
+    """Discount factor γ (§6.1)."""
     entropy: float = 0.01
     """η: the entropy regularisation coefficient."""
     lr: float = 1e-3
+    """RMSProp learning rate (Equation 1)."""
     value_coef: float = 0.5
+    """Weight of the value loss (baselines' A2C)."""
     max_grad_norm: float = 0.5
+    """Gradient-norm clipping (baselines' A2C)."""
     hidden: int = 128
-    learn: bool = True
-    """False: the policy is fixed (evaluation of a trained policy)."""
+    """Units of the shared LSTM (§4.2.5)."""
 
     def __post_init__(self) -> None:
-        if self.horizon < 1 or self.hidden < 1:
+        if (self.horizon is not None and self.horizon < 1) or self.hidden < 1:
             raise ConfigError(f"horizon and hidden must be at least 1, got {self.horizon} and {self.hidden}")
         if not 0.0 < self.gamma <= 1.0 or self.lr <= 0 or self.entropy < 0:
             raise ConfigError(f"need 0 < gamma <= 1, lr > 0, entropy >= 0; got {self.gamma}, {self.lr}, {self.entropy}")
+
+    def resolved(self, multi_branch: bool, has_policy: bool) -> MetaA2COptions:
+        """These options with the context's defaults filled in: ``horizon`` by the action set, ``learn``
+        by whether the strategy starts from a trained policy."""
+        horizon = self.horizon if self.horizon is not None else (10 if multi_branch else 5)
+        learn = self.learn if self.learn is not None else not has_policy
+        return replace(self, horizon=horizon, learn=learn)
+
+
+OPTIONS = MetaA2COptions
 
 
 def input_size(space: NSCSpace) -> int:
@@ -148,11 +166,13 @@ class MetaA2CStrategy(EnvStrategy):
         self,
         space: NSCSpace,
         seed: int,
-        config: MetaA2CConfig | None = None,
+        config: MetaA2COptions | None = None,
         weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """``space`` is the environment (``config.space(...)`` when built from options); ``weights`` a
+        trained policy's. Unset ``horizon`` and ``learn`` resolve here (:meth:`MetaA2COptions.resolved`)."""
         super().__init__(space, seed)
-        self.config = config or MetaA2CConfig()
+        self.config = (config or MetaA2COptions()).resolved(space.multi_branch, weights is not None)
         self.net = MetaA2CNet(input_size(space), space.n_actions, self.config.hidden)
         self.net.reset_parameters(torch.Generator().manual_seed(seed))
         if weights is not None:
@@ -185,7 +205,7 @@ class MetaA2CStrategy(EnvStrategy):
         if not self.config.learn or len(memory.rewards) == len(memory.actions):
             return  # a fixed policy, or the trial's uniform first action
         memory.rewards.append(reward)
-        if len(memory.rewards) >= self.config.horizon:
+        if len(memory.rewards) >= self.config.horizon:  # type: ignore[operator]  # resolved in __init__
             self._update(lane_id)
 
     def _update(self, lane_id: int) -> None:
@@ -233,10 +253,10 @@ class MetaA2CStrategy(EnvStrategy):
             for m in self.memory
         ]
         blob = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "lanes": lanes}
-        return {"blob": _to_base64(blob), "updates": self.updates, "hidden": self.config.hidden}
+        return {"blob": to_base64(blob), "updates": self.updates, "hidden": self.config.hidden}
 
     def restore_learner(self, state: dict[str, Any]) -> None:
-        blob = _from_base64(state["blob"])
+        blob = from_base64(state["blob"])
         self.net.load_state_dict(blob["net"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.memory = [
@@ -254,20 +274,10 @@ class MetaA2CStrategy(EnvStrategy):
         self.updates = int(state["updates"])
 
     def summary(self) -> dict[str, float]:
-        return {**super().summary(), "updates": self.updates, "learning": int(self.config.learn)}
+        return {**super().summary(), "updates": self.updates, "learning": int(bool(self.config.learn))}
 
 
 # -- policy files ---------------------------------------------------------------------------------
-
-
-def _to_base64(obj: Any) -> str:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _from_base64(text: str) -> Any:
-    return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
 
 
 def save_policy(path: Path, weights: dict[str, torch.Tensor], space: dict[str, Any], hidden: int) -> None:
@@ -294,47 +304,27 @@ def load_policy(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def save_policy_from_state(state: dict[str, Any], path: Path) -> None:
     """Write the policy held in a saved ``meta-a2c`` strategy state (what meta-training stores)."""
-    blob = _from_base64(state["learner"]["blob"])
+    blob = from_base64(state["learner"]["blob"])
     save_policy(path, blob["net"], state["space"], int(state["learner"]["hidden"]))
 
 
 def from_context(ctx: StrategyContext) -> MetaA2CStrategy:
-    """``--strategy meta-a2c [--policy FILE]``; options: depth, tau, multi_branch, sigma (the
-    environment), learn, horizon (j: 5 chained, 10 multi-branch as in §6.2), gamma, entropy, lr.
-    With a policy the environment's depth and action set are the policy's, τ defaults to its, and
-    the policy is fixed unless learn=true."""
-    check_options(ctx.options, OPTIONS, "meta-a2c")
-    options = dict(ctx.options)
+    """``--strategy meta-a2c [--policy FILE]``; its options are :class:`MetaA2COptions`. With a policy the
+    environment's depth and action set and the LSTM size are the policy's, τ defaults to its, and the
+    policy is fixed unless learn=true."""
+    options = options_from(MetaA2COptions, ctx.options, "meta-a2c")
     weights = None
-    if options.get("policy"):
-        weights, trained, hidden = load_policy(options["policy"])
-        for key in ("depth", "multi_branch"):
-            if (
-                key in options
-                and space_from_options({key: options[key]}, ctx.input_shape, ctx.num_classes).describe()[key]
-                != trained[key]
-            ):
+    if options.policy:
+        weights, trained, hidden = load_policy(options.policy)
+        trained = {**trained, "hidden": hidden}
+        for key in POLICY_SETTINGS:
+            if key in ctx.options and getattr(options, key) != trained[key]:
                 raise ConfigError(
-                    f"--option {key}={options[key]} does not match the policy, trained with {key}={trained[key]}"
+                    f"--option {key}={ctx.options[key]} does not match the policy, trained with {key}={trained[key]}"
                 )
-        for key, value in trained.items():
-            options.setdefault(key, value)
-        if hidden != MetaA2CConfig.hidden:
-            raise ConfigError(f"--policy {options['policy']}: LSTM of {hidden} units, expected {MetaA2CConfig.hidden}")
-    space = space_from_options(options, ctx.input_shape, ctx.num_classes)
+        settable = {f.name for f in fields(MetaA2COptions)}
+        options = replace(options, **{k: v for k, v in trained.items() if k in settable and k not in ctx.options})
     try:
-        cfg = MetaA2CConfig(
-            horizon=int(options.get("horizon", 10 if space.multi_branch else 5)),  # §6.2: j = 10 multi-branch
-            gamma=float(options.get("gamma", 0.9)),
-            entropy=float(options.get("entropy", 0.01)),
-            lr=float(options.get("lr", 1e-3)),
-            learn=as_bool(options.get("learn", weights is None), "learn"),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad meta-a2c option: {exc}") from None
-    try:
-        return MetaA2CStrategy(space, ctx.seed, cfg, weights)
+        return MetaA2CStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed, options, weights)
     except RuntimeError as exc:  # weights of another shape than the file's settings promise
-        raise ConfigError(
-            f"--policy {options['policy']}: weights do not fit ({str(exc).splitlines()[0][:120]})"
-        ) from None
+        raise ConfigError(f"--policy {options.policy}: weights do not fit ({str(exc).splitlines()[0][:120]})") from None

@@ -8,7 +8,7 @@ trajectory in temporally reversed order (Algorithm 3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,13 +17,14 @@ from nasagent.core.arch import Architecture, Layer
 from nasagent.core.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace, State
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.options import options_from
 from nasagent.strategies.schedule import EpsilonSchedule
 
 
 @dataclass(frozen=True)
 class QLearningConfig:
-    """Hyperparameters of §4.3."""
+    """Hyperparameters of §4.3: MetaQNN's ``--option`` settings (also ``--alpha``, ``--q-init``, ``--replay-k``),
+    stored in ``SearchConfig.qlearning``."""
 
     alpha: float = 0.01
     """Q-learning rate α."""
@@ -34,6 +35,8 @@ class QLearningConfig:
     replay_k: int = 100
     """Replay-memory samples updated after every rewarded sample (K)."""
 
+
+OPTIONS = QLearningConfig
 
 # One transition of a trajectory: (state key, action key, legal action keys of the next state).
 Transition = tuple[str, str, tuple[str, ...]]
@@ -70,9 +73,6 @@ class QLearningStrategy(Strategy):
         return max((row.get(a, q0) for a in action_keys), default=0.0)
 
     # -- Algorithm 2 -------------------------------------------------------------------------
-    def epsilon(self, unique_launched: int) -> float:
-        return self.schedule.position(unique_launched)[1]
-
     def sample(self, epsilon: float) -> Architecture:
         """SAMPLE_NEW_NETWORK: an ε-greedy walk from the start state to a terminal state."""
 
@@ -151,6 +151,6 @@ class QLearningStrategy(Strategy):
 
 def from_context(ctx: StrategyContext) -> QLearningStrategy:
     """MetaQNN over the experiment's space; its options are α, γ, Q₀ and K (``QLearningConfig``)."""
-    check_options(ctx.options, {f.name for f in fields(QLearningConfig)}, "qlearning")
+    config = options_from(QLearningConfig, ctx.options, "qlearning")
     space = MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes)
-    return QLearningStrategy(space, ctx.schedule, ctx.seed, QLearningConfig(**ctx.options))
+    return QLearningStrategy(space, ctx.schedule, ctx.seed, config)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from nasagent.envs.nas_env import SPACE_OPTIONS, space_from_options
 from nasagent.strategies.base import StrategyContext
-from nasagent.strategies.env_driver import EnvStrategy
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.env_driver import EnvOptions, EnvStrategy
+from nasagent.strategies.options import options_from
+
+OPTIONS = EnvOptions
+"""Only the environment's settings: random search has no hyperparameters of its own."""
 
 
 class RandomNSCStrategy(EnvStrategy):
@@ -23,5 +25,5 @@ class RandomNSCStrategy(EnvStrategy):
 
 def from_context(ctx: StrategyContext) -> RandomNSCStrategy:
     """``--strategy random-nsc``; ``--option depth=, tau=, multi_branch=, sigma=`` set the environment."""
-    check_options(ctx.options, SPACE_OPTIONS, "random-nsc")
-    return RandomNSCStrategy(space_from_options(ctx.options, ctx.input_shape, ctx.num_classes), ctx.seed)
+    options = options_from(EnvOptions, ctx.options, "random-nsc")
+    return RandomNSCStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,15 @@ import numpy as np
 from nasagent.core.networks import Network
 from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.options import options_from
+
+
+@dataclass(frozen=True)
+class RandomOptions:
+    """Random search has no settings: any ``--option`` is a mistake, reported with the others' names."""
+
+
+OPTIONS = RandomOptions
 
 
 class RandomStrategy(Strategy):
@@ -40,5 +49,5 @@ class RandomStrategy(Strategy):
 
 def from_context(ctx: StrategyContext) -> RandomStrategy:
     """Uniform random walks over the experiment's MetaQNN space."""
-    check_options(ctx.options, set(), "random")
+    options_from(RandomOptions, ctx.options, "random")
     return RandomStrategy(MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes), ctx.seed)

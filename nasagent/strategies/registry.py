@@ -1,12 +1,14 @@
 """Which searchers exist: ``--strategy NAME`` -> a factory, imported only when chosen.
 
-A factory is ``from_context(ctx: StrategyContext) -> Strategy``; it reads its own settings from
-``ctx.options`` (``--option KEY=VALUE``) and rejects unknown keys.
+A strategy module defines ``from_context(ctx: StrategyContext) -> Strategy`` and ``OPTIONS``, the
+dataclass of its ``--option KEY=VALUE`` settings; the factory reads ``ctx.options`` into it with
+:func:`nasagent.strategies.options.options_from`, which rejects unknown keys and ill-typed values.
 """
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from nasagent.errors import ConfigError
@@ -23,19 +25,24 @@ STRATEGIES: dict[str, str] = {
     "random-nsc": "nasagent.strategies.random_nsc:from_context",
 }
 
+FOLLOWS_SCHEDULE = frozenset({"qlearning"})
+"""Strategies whose exploration rate is ``--schedule``'s ε (the others ignore the schedule)."""
 
-def make_strategy(name: str, ctx: StrategyContext) -> Strategy:
-    """The searcher ``name`` (``--strategy``), built from the experiment's context."""
+
+def _module(name: str) -> tuple[ModuleType, str]:
     target = STRATEGIES.get(name)
     if target is None:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)(ctx)
+    return importlib.import_module(module), function
 
 
-def check_options(options: dict[str, object], allowed: set[str], strategy: str) -> None:
-    """Reject ``--option`` keys a strategy does not know, naming the ones it does."""
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed)) or "none"
-        raise ConfigError(f"--option {unknown[0]} is not a setting of --strategy {strategy} (settings: {known})")
+def make_strategy(name: str, ctx: StrategyContext) -> Strategy:
+    """The searcher ``name`` (``--strategy``), built from the experiment's context."""
+    module, function = _module(name)
+    return getattr(module, function)(ctx)
+
+
+def options_type(name: str) -> type:
+    """The dataclass of ``--strategy name``'s ``--option`` settings (field docstrings say what each does)."""
+    return _module(name)[0].OPTIONS

@@ -43,8 +43,6 @@ Statistics the seed reports (reward variance with and without the baseline) are 
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +56,8 @@ from nasagent.core.arch import Architecture, Conv, Softmax
 from nasagent.core.networks import Network
 from nasagent.errors import ConfigError
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
-from nasagent.strategies.registry import check_options
+from nasagent.strategies.options import options_from
+from nasagent.strategies.tensors import from_base64, to_base64
 
 KINDS = ("filters", "kernel", "stride")
 INIT_RANGE = 0.08
@@ -66,7 +65,7 @@ INIT_RANGE = 0.08
 
 @dataclass(frozen=True)
 class ReinforceConfig:
-    """The search space and the controller's hyperparameters (``--option KEY=VALUE``)."""
+    """``--strategy reinforce``'s settings: the search space and the controller's hyperparameters."""
 
     depth: int = 3
     """Convolutions per network (fixed depth)."""
@@ -126,29 +125,8 @@ class ReinforceConfig:
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
             raise ConfigError(f"--option batch must be a positive whole number, got {self.batch!r}")
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> ReinforceConfig:
-        """Read ``--option`` values (YAML scalars and lists, as the CLI parses them)."""
-        check_options(options, {f for f in cls.__dataclass_fields__}, "reinforce")
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key in ("filters", "kernels", "strides"):
-                value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-            elif key == "baseline":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"--option baseline must be true or false, got {value!r}")
-            elif key in ("clip", "tanh"):
-                value = None if value is None or str(value).lower() == "none" else _number(key, value)
-            elif key in ("beta", "entropy", "lr"):
-                value = _number(key, value)
-            values[key] = value
-        return cls(**values)
 
-
-def _number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"--option {key} must be a number, got {value!r}")
-    return float(value)
+OPTIONS = ReinforceConfig
 
 
 class ChainSpace:
@@ -293,16 +271,6 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _pack(obj: Any) -> str:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _unpack(text: str) -> Any:
-    return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
-
-
 class ReinforceStrategy(Strategy):
     """REINFORCE with an LSTM controller over a fixed-depth chain of convolutions."""
 
@@ -397,7 +365,7 @@ class ReinforceStrategy(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "torch": _pack(
+            "torch": to_base64(
                 {
                     "controller": self.controller.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
@@ -420,7 +388,7 @@ class ReinforceStrategy(Strategy):
         """Everything comes from ``state`` (the value table and replay memory are not used)."""
         if state is None:
             return
-        saved = _unpack(state["torch"])
+        saved = from_base64(state["torch"])
         self.controller.load_state_dict(saved["controller"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
@@ -435,5 +403,5 @@ class ReinforceStrategy(Strategy):
 
 def from_context(ctx: StrategyContext) -> ReinforceStrategy:
     """REINFORCE over the space its ``--option`` settings define (``--space`` does not apply)."""
-    settings = ReinforceConfig.from_options(ctx.options)
+    settings = options_from(ReinforceConfig, ctx.options, "reinforce")
     return ReinforceStrategy(ChainSpace(settings, ctx.num_classes), ctx.seed, settings)

@@ -18,8 +18,6 @@ representation size, so both must agree):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
@@ -28,28 +26,7 @@ from nasagent.core.nsc import NSCNetwork
 from nasagent.errors import ConfigError
 from nasagent.training.normalize import Normalize, normalisation
 from nasagent.training.nsc_build import build_nsc_model
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How hidden layers are realised.
-
-    ``dropout="paper"`` is §5 of the paper: a dropout layer after every two hidden layers, the
-    i-th of n having probability i/(2n). ``dropout="fc"`` is appendix C (the MNIST experiment):
-    dropout ``fc_dropout`` after each FC layer only, usually with ``activation="elu"``.
-    """
-
-    activation: Literal["relu", "elu"] = "relu"
-    dropout: Literal["paper", "fc"] = "paper"
-    fc_dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.activation not in ("relu", "elu"):
-            raise ConfigError(f"unknown activation {self.activation!r} (expected 'relu' or 'elu')")
-        if self.dropout not in ("paper", "fc"):
-            raise ConfigError(f"unknown dropout mode {self.dropout!r} (expected 'paper' or 'fc')")
-        if not 0.0 <= self.fc_dropout < 1.0:
-            raise ConfigError(f"fc_dropout must be in [0, 1), got {self.fc_dropout}")
+from nasagent.training.settings import BuildOptions
 
 
 def _activation(name: str) -> nn.Module:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nasagent.persistence.artifacts import ArtifactError, ArtifactStore, experiment_key, open_artifacts
-from nasagent.training.models import ModelError, model_metadata
+from nasagent.errors import ArtifactError, ModelError
+from nasagent.persistence.artifacts import ArtifactStore, experiment_key, open_artifacts
+from nasagent.training.models import model_metadata
 
 if TYPE_CHECKING:
     from nasagent.core.trial import TrialSpec

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from nasagent.core.networks import parse_network
-from nasagent.errors import NasagentError
+from nasagent.errors import ModelError, NasagentError
 from nasagent.persistence.artifacts import ArtifactStore, experiment_key
-from nasagent.training.build import BuildOptions, build_model
+from nasagent.training.build import build_model
+from nasagent.training.settings import BuildOptions
 
 FORMAT = "nasagent-model/1"
 META = "model.json"
@@ -40,10 +41,6 @@ WEIGHTS = "weights.pt"
 TORCHSCRIPT = "model.ts"
 ONNX = "model.onnx"
 PREDICT_BATCH = 1024
-
-
-class ModelError(NasagentError):
-    """A model directory is missing, incomplete or unreadable, or cannot be exported as asked."""
 
 
 def model_metadata(
@@ -125,7 +122,8 @@ def read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
 def export_model(
     meta: dict[str, Any], state_dict: dict[str, torch.Tensor], directory: Path, onnx: bool = False
 ) -> list[Path]:
-    """Write a model directory (``model.json``, ``weights.pt``, ``model.ts``, ``model.onnx`` if asked); return the files.
+    """Write a model directory (``model.json``, ``weights.pt``, ``model.ts``, ``model.onnx`` if asked);
+    return the files.
 
     The TorchScript and ONNX forms are made from the module as ``load_model`` rebuilds it, so all
     forms compute the same function. ModelError if ONNX is asked for without the ``onnx`` package.
@@ -225,7 +223,9 @@ def upload_model(store: ArtifactStore, directory: Path, prefix: str) -> None:
 
 
 def list_models(store: ArtifactStore, experiment: str) -> list[dict[str, Any]]:
-    """The finetuned models of ``experiment`` in ``store``, by rank: their metadata plus ``rank``, ``location`` and ``files``."""
+    """The finetuned models of ``experiment`` in ``store``, by rank: their metadata plus ``rank``,
+    ``location`` and ``files``.
+    """
     base = experiment_key(experiment, "finetuned") + "/"
     keys = store.list(base)
     models = []

@@ -76,7 +76,9 @@ class PreparedDataset:
 
 
 def val_size_value(value: float | None) -> int | float | None:
-    """A ``--val-size`` flag (float) as ``load_dataset`` takes it: a whole count as int, a fraction as float, 0/None as None."""
+    """A ``--val-size`` flag (float) as ``load_dataset`` takes it: a whole count as int, a fraction as float,
+    0/None as None.
+    """
     if not value:
         return None
     if value < 0 or (value >= 1 and value != int(value)):
@@ -85,7 +87,9 @@ def val_size_value(value: float | None) -> int | float | None:
 
 
 def dataset_name(spec: str) -> str:
-    """A short name for ``spec`` usable as one key segment: ``digits``, ``cifar10``, or a file's stem for ``npz:...``."""
+    """A short name for ``spec`` usable as one key segment: ``digits``, ``cifar10``, or a file's stem for
+    ``npz:...``.
+    """
     base = spec[4:].rstrip("/").rsplit("/", 1)[-1].removesuffix(".npz") if spec.startswith("npz:") else spec
     clean = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "dataset"
     return clean[:64]

@@ -1,4 +1,5 @@
-"""The dataset sources read from files or libraries (everything but ``prepared:``), split into train / validation / test.
+"""The dataset sources read from files or libraries (everything but ``prepared:``), split into
+train / validation / test.
 
 :func:`nasagent.training.data.load_dataset` is the entry point; it sends ``prepared:`` specs to
 :mod:`nasagent.training.prepared` and the rest here.

@@ -23,59 +23,18 @@ import gc
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
 from nasagent.core.arch import Architecture
+from nasagent.core.trial import TrialStatus
 from nasagent.errors import ConfigError
-from nasagent.training.build import BuildOptions, build_model, count_params
+from nasagent.training.build import build_model, count_params
 from nasagent.training.data import DataBundle, Split
+from nasagent.training.settings import BuildOptions, TrainConfig
 
 EVAL_BATCH = 1024
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters; the defaults are the paper's (§5)."""
-
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    lr_decay: float = 0.2
-    lr_decay_every: int = 5
-    restart_factor: float = 0.4
-    max_restarts: int = 5
-    device: str = "auto"
-    bf16: bool = True
-    channels_last: bool = True
-    seed: int = 0
-    threads: int | None = None
-    lr_steps: tuple[tuple[float, int], ...] | None = None
-    """Explicit (lr, epochs) phases replacing the ×lr_decay steps, e.g. §5's finetuning schedules; their
-    epochs must sum to ``epochs``, and a restart scales every phase by ``restart_factor``."""
-
-    def __post_init__(self) -> None:
-        if self.lr_steps is not None:
-            if not self.lr_steps or any(not lr > 0 or n < 1 for lr, n in self.lr_steps):
-                raise ConfigError(f"lr_steps must be (lr > 0, epochs >= 1) pairs, got {self.lr_steps}")
-            if sum(n for _, n in self.lr_steps) != self.epochs:
-                raise ConfigError(
-                    f"lr_steps cover {sum(n for _, n in self.lr_steps)} epochs but epochs is {self.epochs}"
-                )
-        if self.epochs < 1 or self.batch_size < 1 or self.lr_decay_every < 1:
-            raise ConfigError(
-                f"epochs, batch_size and lr_decay_every must be at least 1, got {self.epochs}, {self.batch_size}, {self.lr_decay_every}"
-            )
-        if not self.lr > 0 or self.max_restarts < 0:
-            raise ConfigError(
-                f"lr must be positive and max_restarts non-negative, got {self.lr} and {self.max_restarts}"
-            )
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
 
 
 @dataclass
@@ -85,10 +44,11 @@ class TrainResult:
     ``accuracy`` is the best validation accuracy (the reward), or 1/K when ``status="failed"``,
     with ``failure`` saying why. ``history`` and ``lrs`` hold the validation accuracy and the
     learning rate of every epoch trained, restarted attempts included, so both have
-    ``epochs_run`` entries (a diverged epoch, never evaluated, is recorded at 1/K). ``state_dict`` holds the best epoch's weights (on CPU) when asked for.
+    ``epochs_run`` entries (a diverged epoch, never evaluated, is recorded at 1/K). ``state_dict`` holds
+    the best epoch's weights (on CPU) when asked for.
     """
 
-    status: Literal["done", "failed"]
+    status: TrialStatus
     accuracy: float
     failure: str | None
     epochs_run: int
@@ -160,7 +120,7 @@ def train_architecture(
     lrs: list[float] = []
     restarts = 0
 
-    def result(status: str, accuracy: float, failure: str | None, state: dict | None = None) -> TrainResult:
+    def result(status: TrialStatus, accuracy: float, failure: str | None, state: dict | None = None) -> TrainResult:
         return TrainResult(
             status,
             accuracy,
@@ -195,7 +155,7 @@ def train_architecture(
                 if not math.isfinite(loss):
                     history.append(guessing)
                     what = "NaN" if math.isnan(loss) else "infinite"
-                    return result("failed", guessing, f"diverged: loss became {what} at epoch {len(history)}")
+                    return result(TrialStatus.FAILED, guessing, f"diverged: loss became {what} at epoch {len(history)}")
                 accuracy = _evaluate(model, val_x, val_y, cuda and cfg.bf16)
                 history.append(accuracy)
                 if accuracy > best:
@@ -212,7 +172,7 @@ def train_architecture(
             if not restarted:
                 break
             del model, optimizer
-        return result("done", best, None, best_state)
+        return result(TrialStatus.DONE, best, None, best_state)
     except (MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc):
             raise
@@ -223,7 +183,7 @@ def train_architecture(
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return result("failed", guessing, f"out of memory: {message}")
+    return result(TrialStatus.FAILED, guessing, f"out of memory: {message}")
 
 
 def _to_device(
