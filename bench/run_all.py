@@ -1,4 +1,4 @@
-"""Runs every benchmark in turn (``make bench``): trainer, agent, workers.
+"""Runs every benchmark in turn (``make bench``): CLI latency, trainer, agent, workers, dashboard, local pipeline.
 
 Each runs as a subprocess of the same interpreter from the repository root and writes its own
 section of docs/benchmarks.md. They run one after another, never at once, because they time the
@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_trainer.py", "bench_agent.py", "bench_workers.py", "bench_pipeline_local.py")
+BENCHMARKS = (
+    "bench_cli.py",
+    "bench_trainer.py",
+    "bench_agent.py",
+    "bench_workers.py",
+    "bench_dashboard.py",
+    "bench_pipeline_local.py",
+)
 
 
 def main() -> int:

@@ -15,14 +15,21 @@ from components import AGENT_IMAGE
 
 @dsl.component(base_image=AGENT_IMAGE, install_kfp_package=False)
 def ensemble(
-    experiment: str, top: int, bucket: str, metrics: Output[Metrics], table: Output[Markdown], report: Output[Artifact]
+    experiment: str,
+    top: int,
+    bucket: str,
+    s3_endpoint: str,
+    metrics: Output[Metrics],
+    table: Output[Markdown],
+    report: Output[Artifact],
 ) -> float:
     """Evaluate the ensemble of the top ``top`` models; returns its test accuracy.
 
     Args:
         experiment: The searched (and finetuned) experiment.
         top: Ensemble size (5 in the paper).
-        bucket: Artifact store: "" for the bucket of the S3 Secret, a bucket name, or a URL.
+        bucket: Artifact store: "" for s3://mlpipeline/private/<namespace>/nasagent, a bucket name, or a URL.
+        s3_endpoint: S3 endpoint of the artifact store ("" keeps $NASAGENT_S3_ENDPOINT).
         metrics: ensemble_test_accuracy, best_single_test_accuracy, members.
         table: Members and ensemble as a Markdown table.
         report: The full report (JSON).
@@ -34,6 +41,7 @@ def ensemble(
     from nasagent.persistence.postgres import connect
     from nasagent.results.ensemble import ensemble_experiment
 
+    kubeflow.use_s3_endpoint(s3_endpoint)
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     with connect(None) as db:
         result = ensemble_experiment(db, experiment, store, top=top)

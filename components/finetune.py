@@ -19,6 +19,7 @@ def finetune(
     experiment: str,
     rank: int,
     bucket: str,
+    s3_endpoint: str,
     epochs: int,
     schedule: str,
     gpus: int,
@@ -30,7 +31,8 @@ def finetune(
     Args:
         experiment: The searched experiment.
         rank: Search rank of the architecture (1 = best).
-        bucket: Artifact store: "" for the bucket of the S3 Secret, a bucket name, or a URL.
+        bucket: Artifact store: "" for s3://mlpipeline/private/<namespace>/nasagent, a bucket name, or a URL.
+        s3_endpoint: S3 endpoint of the artifact store ("" keeps $NASAGENT_S3_ENDPOINT).
         epochs: Total epochs, rescaling the schedule; 0 for the default (from the dataset size).
         schedule: paper-cifar | paper-svhn | LR:EPOCHS,...; "" for the paper-cifar shape.
         gpus: GPUs of this step's pod; 0 trains on the CPU.
@@ -44,6 +46,7 @@ def finetune(
     from nasagent.persistence.postgres import connect
     from nasagent.results.finetune import finetune_experiment
 
+    kubeflow.use_s3_endpoint(s3_endpoint)
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     with connect(None) as db:
         report = finetune_experiment(

@@ -14,14 +14,16 @@ from components import TRAINER_IMAGE
 
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
-def prepare(dataset: str, val_size: float, seed: int, bucket: str, prepared: Output[Dataset]) -> str:
+def prepare(dataset: str, val_size: float, seed: int, bucket: str, s3_endpoint: str, prepared: Output[Dataset]) -> str:
     """Split ``dataset`` once and store it; returns the ``prepared:URL`` spec to search with.
 
     Args:
         dataset: digits | npz:s3://BUCKET/KEY.npz | mnist | fashion_mnist | cifar10 | svhn.
         val_size: Validation split: a count, a fraction, or 0 for min(5000, 20% of the training data).
         seed: Seed of the validation split.
-        bucket: Artifact store: "" for the bucket of the S3 Secret, a bucket name, or a URL (s3://..., file:///... locally).
+        bucket: Artifact store: "" for s3://mlpipeline/private/<namespace>/nasagent, a bucket name, or a URL
+            (s3://..., file:///... locally).
+        s3_endpoint: S3 endpoint of the artifact store ("" keeps $NASAGENT_S3_ENDPOINT).
         prepared: Where and how large the splits are (JSON); the data themselves stay in the artifact store.
     """
     from pathlib import Path
@@ -31,6 +33,7 @@ def prepare(dataset: str, val_size: float, seed: int, bucket: str, prepared: Out
     from nasagent.persistence.embedded import nasagent_home
     from nasagent.training.prepared import prepare_dataset, val_size_value
 
+    kubeflow.use_s3_endpoint(s3_endpoint)
     store = open_artifacts(kubeflow.artifacts_url(bucket))
     result = prepare_dataset(dataset, store, nasagent_home() / "data", val_size=val_size_value(val_size), seed=seed)
     print(f"{result.name}: {result.sizes} {'stored at' if result.uploaded else 'already at'} {result.url}", flush=True)

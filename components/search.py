@@ -3,7 +3,9 @@
 Runs ``nasagent search`` in the step's pod: the Q-learning agent (state in PostgreSQL, so a
 retried step resumes where it stopped) with a cluster launcher that starts one pod per trial
 (``kubernetes``: Jobs; ``kfp``: runs) up to ``parallelism`` at a time, or worker processes of
-the step (``local``, for ``kfp.local`` runs). The step's log shows one line per finished trial,
+the step (``local``, for ``kfp.local`` runs). With ``kubernetes`` the trial pods are built on
+the admin's Job template when the pipeline mounted one (ConfigMap ``nasagent-trial-template``)
+and get the CPU, memory and ``/dev/shm`` sizes given here. The step's log shows one line per finished trial,
 and the artifact store holds a leaderboard refreshed as trials finish
 (``<experiment>/reports/leaderboard.md``, ``.json``). At the end it writes the Markdown
 leaderboard, the HTML report (``nasagent report``) and Figure 3 as KFP artifacts, logs the
@@ -37,7 +39,13 @@ def search_agent(
     node_selector: dict,
     tolerations: list,
     pending_timeout: int,
+    trial_cpu_request: str,
+    trial_cpu_limit: str,
+    trial_memory_request: str,
+    trial_memory_limit: str,
+    trial_shm_size: str,
     bucket: str,
+    s3_endpoint: str,
     keep_top: int,
     finetune_top: int,
     db_secret: str,
@@ -67,11 +75,17 @@ def search_agent(
         node_selector: Node labels the trial pods need, e.g. {"nvidia.com/gpu.present": "true"}.
         tolerations: Kubernetes tolerations of the trial pods (key, operator, value, effect).
         pending_timeout: Seconds a trial pod may wait for a node before it is retried.
-        bucket: Artifact store: "" for the bucket of the S3 Secret, a bucket name, or a URL.
+        trial_cpu_request: CPU request of each trial pod (kubernetes launcher), e.g. "3".
+        trial_cpu_limit: CPU limit of each trial pod.
+        trial_memory_request: Memory request of each trial pod, e.g. "10Gi".
+        trial_memory_limit: Memory limit of each trial pod.
+        trial_shm_size: Size of each trial pod's /dev/shm (memory-backed), e.g. "2Gi".
+        bucket: Artifact store: "" for s3://mlpipeline/private/<namespace>/nasagent, a bucket name, or a URL.
+        s3_endpoint: S3 endpoint of the artifact store ("" keeps $NASAGENT_S3_ENDPOINT).
         keep_top: Checkpoints kept during the search: the current top K trials.
         finetune_top: How many of the best architectures the pipeline finetunes.
-        db_secret: Secret holding the database URL (key url); trial pods read nasagent-db.
-        s3_secret: Secret holding the S3 settings; trial pods read nasagent-s3.
+        db_secret: Secret holding the database URL (key url); must be nasagent-db with a cluster launcher.
+        s3_secret: Secret holding the S3 keys (accesskey, secretkey); the kubernetes launcher's trial pods read it too.
         leaderboard: The top 25 as a Markdown table.
         report: The self-contained HTML report (Figures 3, A2-A4, leaderboard, failures, timing).
         accuracy_plot: Figure 3 alone: the accuracy of every model in launch order.
@@ -85,8 +99,12 @@ def search_agent(
     from nasagent.persistence.postgres import connect
 
     name = kubeflow.experiment_name(experiment, run_name, run_id)
-    kubeflow.check_trial_secrets(launcher, db_secret, s3_secret)
+    kubeflow.check_trial_secrets(launcher, db_secret)
+    kubeflow.use_s3_endpoint(s3_endpoint)
     url = kubeflow.artifacts_url(bucket)
+    resources = kubeflow.TrialResources(
+        trial_cpu_request, trial_cpu_limit, trial_memory_request, trial_memory_limit, trial_shm_size
+    )
     kubeflow.run_cli(
         kubeflow.search_argv(
             experiment=name,
@@ -106,6 +124,10 @@ def search_agent(
             pending_timeout=pending_timeout,
             artifacts=url,
             keep_top=keep_top,
+            trial_resources=resources,
+            s3_secret=s3_secret,
+            s3_endpoint=s3_endpoint,
+            trial_template=kubeflow.mounted_trial_template(),
         )
     )
     store = open_artifacts(url)

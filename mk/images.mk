@@ -1,13 +1,16 @@
 # Container images (images/*/Dockerfile), built from the repository root.
-#   make images                       build nasagent-agent and nasagent-trainer, tagged $(TAG)
-#   make images-push REGISTRY=...     build, then push both to $(REGISTRY)
+#   make images                       build nasagent-agent and nasagent-trainer, tagged $(REGISTRY)/...:$(TAG)
+#   make images-push                  build, then push both
 #   make images-lock                  regenerate requirements/{agent,trainer}.lock from pyproject.toml
-# REGISTRY is a registry path such as ghcr.io/acme or 123456789.dkr.ecr.eu-west-1.amazonaws.com/ml;
-# without it the images are tagged for the local engine only. TAG defaults to the commit.
+# REGISTRY defaults to ghcr.io/nasagent and TAG to the package version in pyproject.toml: with both
+# defaults, the pushed images are exactly the pipeline's default agent_image and trainer_image
+# (components/__init__.py; tests/test_images.py ties them). Push your own build elsewhere with
+# e.g. make images-push REGISTRY=ghcr.io/acme (and pass agent_image/trainer_image to the run);
+# a development build can carry the commit: TAG=$$(git rev-parse --short=12 HEAD). Never latest.
 DOCKER ?= docker
-REGISTRY ?=
+REGISTRY ?= ghcr.io/nasagent
 ifeq ($(origin TAG),undefined)
-TAG := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+TAG := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 endif
 IMAGE_PREFIX := $(if $(REGISTRY),$(REGISTRY:%/=%)/,)
 AGENT_IMAGE := $(IMAGE_PREFIX)nasagent-agent:$(TAG)
@@ -26,7 +29,8 @@ images: images-engine
 	@echo "built $(AGENT_IMAGE) and $(TRAINER_IMAGE)"
 
 images-push:
-	@test -n "$(REGISTRY)" || { echo "make images-push: set REGISTRY, e.g. make images-push REGISTRY=ghcr.io/acme TAG=0.1.0" >&2; exit 1; }
+	@test -n "$(REGISTRY)" || { echo "make images-push: set REGISTRY, e.g. make images-push REGISTRY=ghcr.io/acme" >&2; exit 1; }
+	@test -n "$(TAG)" && test "$(TAG)" != latest || { echo "make images-push: TAG must name one build (a version or a commit), got '$(TAG)'" >&2; exit 1; }
 	$(MAKE) --no-print-directory images REGISTRY=$(REGISTRY) TAG=$(TAG)
 	$(DOCKER) push $(AGENT_IMAGE)
 	$(DOCKER) push $(TRAINER_IMAGE)

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
     search.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
     search.add_argument("--workers", type=int, help="parallel trials (default: one per GPU, else one per core)")
+    search.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory one local worker may use in all, e.g. 4G (default: an equal share of the available memory)",
+    )
     search.add_argument("--seed", type=int, help="seed of the strategy, data split and trials (default 0)")
     search.add_argument("--val-size", type=float, help="validation split: count or fraction")
     search.add_argument("--data-dir", help="where datasets are downloaded (default $NASAGENT_HOME/data)")
@@ -84,9 +89,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--pending-timeout", type=int, help="kubernetes/kfp: seconds a trial may wait for a node (default 900)"
     )
     search.add_argument("--max-retries", type=int, help="kubernetes/kfp: new attempts of a failed trial (default 2)")
+    search.add_argument(
+        "--max-requeues",
+        type=int,
+        default=3,
+        help="times one trial goes back to the queue after infrastructure failures before the search stops (default 3)",
+    )
+    search.add_argument(
+        "--max-infra-failures",
+        type=int,
+        default=5,
+        help="infrastructure failures in a row (no trial result between them) that stop the search (default 5)",
+    )
     search.add_argument("--kfp-host", help="kfp: API URL (default: in-cluster ml-pipeline service)")
     search.add_argument(
         "--trial-template", help="kubernetes: trial Job YAML to build on (default $NASAGENT_TRIAL_TEMPLATE)"
+    )
+    for flag, what, default in (
+        ("--trial-cpu-request", "CPU request", "4"),
+        ("--trial-cpu-limit", "CPU limit", "8"),
+        ("--trial-memory-request", "memory request", "24Gi"),
+        ("--trial-memory-limit", "memory limit", "24Gi"),
+        ("--trial-shm-size", "/dev/shm size (in memory)", "8Gi"),
+    ):
+        search.add_argument(
+            flag, metavar="QUANTITY", help=f"kubernetes: {what} of a trial pod (default {default}, or the template's)"
+        )
+    search.add_argument(
+        "--image-pull-timeout",
+        type=int,
+        help="kubernetes: seconds a trial pod may fail to pull its image before the attempt fails (default 300)",
+    )
+    search.add_argument(
+        "--s3-secret",
+        help="kubernetes: Secret with the keys accesskey and secretkey (Kubeflow's mlpipeline-minio-artifact) that "
+        "trial pods read instead of nasagent-s3; needs --s3-endpoint (default $NASAGENT_S3_ENDPOINT)",
+    )
+    search.add_argument(
+        "--s3-endpoint", help="kubernetes: S3 endpoint URL of the trial pods (default: nasagent-s3's key endpoint)"
+    )
+    search.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="kubernetes: print the trial Job as YAML and exit (no cluster, no database is contacted)",
     )
 
     status = sub.add_parser("status", help="where a search stands")
@@ -123,6 +168,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nasagent.core.datasets import resolve_dataset
     from nasagent.execution.launchers import launcher_settings
     from nasagent.persistence.postgres import connect
+    from nasagent.search.loop import FaultPolicy
     from nasagent.search.run import run_search
     from nasagent.strategies.options import parse_option_pairs
 
@@ -170,8 +216,24 @@ def cmd_search(args: argparse.Namespace) -> int:
             "max_retries": args.max_retries,
             "kfp_host": args.kfp_host,
             "job_template": args.trial_template,
+            "cpu_request": args.trial_cpu_request,
+            "cpu_limit": args.trial_cpu_limit,
+            "memory_request": args.trial_memory_request,
+            "memory_limit": args.trial_memory_limit,
+            "shm_size": args.trial_shm_size,
+            "image_pull_timeout": args.image_pull_timeout,
+            "s3_secret": args.s3_secret,
+            "s3_endpoint": args.s3_endpoint,
         },
     )
+    if args.dry_run:
+        if cluster is None or args.launcher != "kubernetes":
+            raise ConfigError("--dry-run: only for --launcher kubernetes (it prints the trial Job)")
+        from nasagent.execution.kubernetes import default_namespace, render_trial_job
+
+        print(render_trial_job(cluster, namespace=default_namespace()), end="")
+        return 0
+    faults = FaultPolicy(max_requeues=args.max_requeues, max_infra_failures=args.max_infra_failures)
     with connect(args.db) as store:
         run_search(
             store,
@@ -183,9 +245,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             keep_top=args.keep_top,
             launcher=args.launcher,
             cluster=cluster,
+            max_memory=_max_memory(args.max_memory),
+            faults=faults,
         )
         _print_top(store, args.experiment, 10, as_json=False)
     return 0
+
+
+def _max_memory(text: str | None) -> int | None:
+    """``--max-memory`` in bytes (None when not given)."""
+    if text is None:
+        return None
+    from nasagent.execution.resources import parse_memory
+
+    return parse_memory(text)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ The tree::
     │   ├── ArtifactError          the artifact store (file://, s3://) cannot be read or written
     │   ├── ModelError             a stored model or checkpoint is missing or unreadable
     │   └── ClusterError           the Kubernetes or KFP API cannot be reached, or refuses the search
+    │       └── InfrastructureError  the machines cannot run trials (faults in a row, an image that cannot be pulled)
     └── InternalError              a broken invariant: a bug, shown with its traceback
         └── DuplicateTrialError    the agent tried to record an architecture twice in one experiment
 
@@ -60,6 +61,12 @@ class ClusterError(UserError):
     """The Kubernetes or KFP API cannot be reached, or refuses what the search needs."""
 
 
+class InfrastructureError(ClusterError):
+    """The machines cannot run trials: infrastructure failures in a row, one trial requeued too
+    often, an image that cannot be pulled, a trial configuration error. The search stopped with
+    its state intact: fix the cause and run the same command again to continue."""
+
+
 class InternalError(NasagentError):
     """An invariant nasagent relies on does not hold: a bug, reported with its traceback."""
 
@@ -94,4 +101,9 @@ class PipelineApiError(ApiError):
 
 
 class AttemptError(Exception):
-    """Starting an attempt failed in a way a later attempt may not (a timeout, a 5xx, a quota)."""
+    """Starting an attempt failed in a way a later attempt may not (a timeout, a 5xx, a quota).
+    ``fault`` names the kind of infrastructure failure (a ``nasagent.core.trial.Fault`` value)."""
+
+    def __init__(self, message: str, fault: str = "api") -> None:
+        super().__init__(message)
+        self.fault = fault

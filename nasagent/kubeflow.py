@@ -2,16 +2,18 @@
 
 KFP ships each lightweight component's function source alone into its pod, so a component
 cannot share helpers with another; the few things they share live here, in the library the
-images hold: where the artifact store is (``artifacts_url``), the ``nasagent search`` command
-line of the agent step (``search_argv``), the ranks the finetune step fans out over
-(``finetune_ranks``), and the files and metrics the Kubeflow UI shows (``write_search_outputs``,
-``ensemble_markdown``). Nothing here trains or decides anything: the components run the same
-``nasagent`` code as the CLI.
+images hold: where the artifact store is (``artifacts_url``, ``use_s3_endpoint``: by default the
+Kubeflow platform's own object store), the ``nasagent search`` command line of the agent step
+(``search_argv``, with the admin's trial Job template when the pipeline mounted one:
+``mounted_trial_template``), the ranks the finetune step fans out over (``finetune_ranks``), and
+the files and metrics the Kubeflow UI shows (``write_search_outputs``, ``ensemble_markdown``).
+Nothing here trains or decides anything: the components run the same ``nasagent`` code as the CLI.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -20,17 +22,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nasagent.errors import ConfigError
-from nasagent.execution.cluster import DB_SECRET, LAUNCHERS, S3_SECRET, TOLERATION_EFFECTS, dns_label
-from nasagent.persistence.artifacts import ArtifactStore, experiment_key
+from nasagent.execution.cluster import DB_SECRET, LAUNCHERS, TOLERATION_EFFECTS, dns_label
+from nasagent.persistence.artifacts import ENV_ENDPOINT, ArtifactStore, experiment_key
 
 log = logging.getLogger(__name__)
 
-BUCKET_ENV = "NASAGENT_S3_BUCKET"
-"""Where the pipeline puts the ``bucket`` key of the S3 Secret (``kfp.kubernetes.use_secret_as_env``)."""
+NAMESPACE_ENV = "POD_NAMESPACE"
+"""The step pod's namespace (``kfp.kubernetes.use_field_path_as_env``, ``metadata.namespace``)."""
+KUBEFLOW_BUCKET = "mlpipeline"
+"""The bucket of the Kubeflow platform's object store (SeaweedFS from Kubeflow 1.11, MinIO before)."""
+TRIAL_TEMPLATE_DIR = "/etc/nasagent/trial-template"
+"""Where the pipeline mounts the admin's trial Job template ConfigMap in the agent's pod."""
+TRIAL_TEMPLATE_KEY = "job.yaml"
+"""The ConfigMap key holding the Job (``manifests/``: ConfigMap ``nasagent-trial-template``)."""
 
 LogMetric = Callable[[str, float], None]
 
@@ -38,20 +47,39 @@ LogMetric = Callable[[str, float], None]
 def artifacts_url(bucket: str) -> str:
     """The artifact store of a pipeline run from its ``bucket`` parameter.
 
-    ``""``: the bucket named in the S3 Secret (``$NASAGENT_S3_BUCKET``); a bare name: that S3
-    bucket; a URL (``s3://BUCKET/PREFIX``, or ``file:///DIR`` for a local run): used as it is.
-    ConfigError if ``""`` is given and the Secret provided no bucket.
+    ``""``: nasagent's folder in the Kubeflow platform's own bucket,
+    ``s3://mlpipeline/private/<namespace>/nasagent``, the prefix a profile's object-store
+    credentials may write under (Kubeflow >= 1.11 gives each profile access to
+    ``mlpipeline/private/<namespace>/`` only); a bare name: that S3 bucket; a URL
+    (``s3://BUCKET/PREFIX``, or ``file:///DIR`` for a local run): used as it is. ConfigError if
+    ``""`` is given outside a pipeline pod (no ``$POD_NAMESPACE``).
     """
     bucket = bucket.strip()
     if "://" in bucket:
         return bucket
-    if not bucket:
-        bucket = os.environ.get(BUCKET_ENV, "").strip()
-        if not bucket:
-            raise ConfigError(
-                f"no bucket: set the pipeline parameter bucket, or the key 'bucket' of the S3 Secret ({BUCKET_ENV})"
-            )
-    return f"s3://{bucket}"
+    if bucket:
+        return f"s3://{bucket}"
+    namespace = os.environ.get(NAMESPACE_ENV, "").strip()
+    if not namespace:
+        raise ConfigError(
+            f"no bucket: set the pipeline parameter bucket (its default, s3://{KUBEFLOW_BUCKET}/private/"
+            f"<namespace>/nasagent, needs ${NAMESPACE_ENV})"
+        )
+    return f"s3://{KUBEFLOW_BUCKET}/private/{namespace}/nasagent"
+
+
+def use_s3_endpoint(endpoint: str) -> None:
+    """Point this process's S3 client at ``endpoint`` (the pipeline parameter ``s3_endpoint``); ""
+    leaves ``$NASAGENT_S3_ENDPOINT`` as the pod has it. Called by each step before it opens the store."""
+    if endpoint.strip():
+        os.environ[ENV_ENDPOINT] = endpoint.strip()
+
+
+def mounted_trial_template(directory: str = TRIAL_TEMPLATE_DIR) -> str:
+    """The admin's trial Job template the pipeline mounted into this pod, or "" when its ConfigMap
+    does not exist (the mount is optional: the launcher's built-in Job is used then)."""
+    path = Path(directory) / TRIAL_TEMPLATE_KEY
+    return str(path) if path.is_file() else ""
 
 
 def experiment_name(experiment: str, run_name: str, run_id: str) -> str:
@@ -65,23 +93,15 @@ def experiment_name(experiment: str, run_name: str, run_id: str) -> str:
     return f"{dns_label(run_name, 40)}-{dns_label(run_id, 8)}"
 
 
-def check_trial_secrets(launcher: str, db_secret: str, s3_secret: str) -> None:
-    """ConfigError if a cluster launcher's trial pods would read other Secrets than the pipeline's steps.
-
-    The launchers give trial pods the Secrets ``nasagent-db`` and ``nasagent-s3``; a pipeline
-    whose steps read differently named ones would put its trials' results in another database.
+def check_trial_secrets(launcher: str, db_secret: str) -> None:
+    """ConfigError if a cluster launcher's trial pods would record into another database than the
+    pipeline's steps read: the trial pods connect with fixed Secrets made for ``nasagent-db``'s
+    database (``nasagent-trial-db``, its role that may only record trial results, for the
+    ``kubernetes`` launcher), so the steps must read ``nasagent-db``. (The S3 Secret is handed to
+    the ``kubernetes`` launcher with ``--s3-secret``.)
     """
-    if launcher == "local":
-        return
-    wrong = [
-        f"{given} (trial pods read {fixed})"
-        for given, fixed in ((db_secret, DB_SECRET), (s3_secret, S3_SECRET))
-        if given != fixed
-    ]
-    if wrong:
-        raise ConfigError(
-            f"with launcher {launcher} the Secrets must be named {DB_SECRET} and {S3_SECRET}: got {', '.join(wrong)}"
-        )
+    if launcher != "local" and db_secret != DB_SECRET:
+        raise ConfigError(f"with launcher {launcher} the database Secret must be {DB_SECRET}: got {db_secret}")
 
 
 def node_selector_flags(selector: dict[str, Any]) -> list[str]:
@@ -93,7 +113,8 @@ def node_selector_flags(selector: dict[str, Any]) -> list[str]:
 
 
 def toleration_flags(tolerations: Sequence[dict[str, Any]]) -> list[str]:
-    """Kubernetes tolerations (``key``, ``operator``, ``value``, ``effect``) as ``--toleration KEY[=VALUE]:EFFECT`` flags.
+    """Kubernetes tolerations (``key``, ``operator``, ``value``, ``effect``) as
+    ``--toleration KEY[=VALUE]:EFFECT`` flags.
 
     ConfigError for one the flag cannot say: no key, or no effect (the launcher's tolerations
     always name one).
@@ -106,6 +127,29 @@ def toleration_flags(tolerations: Sequence[dict[str, Any]]) -> list[str]:
         exists = toleration.get("operator", "Equal") == "Exists" or toleration.get("value") in (None, "")
         flags += ["--toleration", f"{key}:{effect}" if exists else f"{key}={toleration['value']}:{effect}"]
     return flags
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """CPU and memory requests and limits and the ``/dev/shm`` size of each trial pod (Kubernetes
+    quantities, e.g. ``"3"``, ``"500m"``, ``"10Gi"``): what a Profile's ResourceQuota needs to admit
+    the pod, and what PyTorch's data loader workers need in shared memory."""
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    shm_size: str
+
+    def flags(self) -> list[str]:
+        """As ``nasagent search`` flags (``--trial-cpu-request 3 ...``); ConfigError for an empty value."""
+        flags: list[str] = []
+        for name, value in dataclasses.asdict(self).items():
+            flag = "--trial-" + name.replace("_", "-")
+            if not str(value).strip():
+                raise ConfigError(f"{flag} needs a Kubernetes quantity, e.g. 2 or 8Gi")
+            flags += [flag, str(value).strip()]
+        return flags
 
 
 def search_argv(
@@ -127,12 +171,19 @@ def search_argv(
     pending_timeout: int,
     artifacts: str,
     keep_top: int,
+    trial_resources: TrialResources,
+    s3_secret: str,
+    s3_endpoint: str,
+    trial_template: str = "",
 ) -> list[str]:
     """The ``nasagent search`` command line of the pipeline's agent step.
 
     ``trials`` 0 means the whole schedule. The launcher's flags go in only for ``kubernetes``
     and ``kfp``; with ``local`` (a ``kfp.local`` run) the trials run as worker processes of the
-    step and the GPU settings are ignored, with a warning.
+    step and the GPU settings are ignored, with a warning. The ``kubernetes`` launcher also gets
+    the trial pods' CPU, memory and ``/dev/shm`` sizes, the S3 Secret and endpoint they read, and
+    the admin's Job template (``trial_template``, a path; "" for none); the ``kfp`` launcher
+    builds its own trial pods (``nasagent.execution.kfp``).
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
@@ -170,7 +221,7 @@ def search_argv(
                 "gpus_per_trial, node selector and tolerations are ignored"
             )
         return argv
-    return argv + [
+    argv += [
         "--trial-image",
         trial_image,
         "--gpus-per-trial",
@@ -180,6 +231,14 @@ def search_argv(
         *node_selector_flags(node_selector),
         *toleration_flags(tolerations),
     ]
+    if launcher != "kubernetes":
+        return argv
+    argv += [*trial_resources.flags(), "--s3-secret", s3_secret]
+    if s3_endpoint.strip():
+        argv += ["--s3-endpoint", s3_endpoint.strip()]
+    if trial_template:
+        argv += ["--trial-template", trial_template]
+    return argv
 
 
 def run_cli(argv: list[str]) -> None:
@@ -265,7 +324,8 @@ def _figure_page(title: str, figure: Any | None) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'{head}<img alt="{html.escape(title)}" src="data:image/png;base64,{image}" style="max-width:100%"></body></html>'
+    source = f"data:image/png;base64,{image}"
+    return f'{head}<img alt="{html.escape(title)}" src="{source}" style="max-width:100%"></body></html>'
 
 
 def log_trial_metrics(outcome: dict[str, Any], log_metric: LogMetric) -> None:

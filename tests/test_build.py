@@ -47,11 +47,14 @@ def test_output_shape(text: str, shape: tuple[int, int, int]) -> None:
 def test_output_size_arithmetic() -> None:
     assert [output_size(n, Conv(4, 3, 1)) for n in (1, 7, 8)] == [1, 7, 8]
     assert [output_size(n, Conv(4, 3, 2)) for n in (1, 7, 8)] == [1, 4, 4]  # ceil(n / s)
-    # Caffe pooling rounds up: ceil((n - k) / s) + 1.
-    assert output_size(7, Pool(2, 2)) == 4
-    assert output_size(8, Pool(3, 2)) == 4
+    # Pooling rounds down by default, as the authors' code tracks sizes: floor((n - k) / s) + 1.
+    assert output_size(7, Pool(2, 2)) == 3
+    assert output_size(8, Pool(3, 2)) == 3
     assert output_size(8, Pool(5, 3)) == 2
     assert output_size(5, Pool(5, 3)) == 1
+    # Caffe, which ran the networks, rounds up: ceil((n - k) / s) + 1.
+    assert output_size(7, Pool(2, 2), "ceil") == 4
+    assert output_size(8, Pool(3, 2), "ceil") == 4
     assert output_size(9, FC(10)) == output_size(9, GAP(3)) == output_size(9, Softmax(3)) == 9
 
 
@@ -91,8 +94,10 @@ def test_same_padding_matches_tensorflow() -> None:
     assert expected.shape[2:] == (4, 3)
 
 
-def test_pool_is_caffe_ceil_mode() -> None:
+def test_pool_rounds_down_unless_asked_for_caffe_ceil_mode() -> None:
     model = build_model(arch("[P(2,2), SM(2)]"), (1, 7, 7))
+    assert model[-1].in_features == 3 * 3
+    model = build_model(arch("[P(2,2), SM(2)]"), (1, 7, 7), options=BuildOptions(pooling="ceil"))
     assert model[-1].in_features == 4 * 4
 
 

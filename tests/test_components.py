@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from s3_helpers import s3_env, s3_server  # noqa: F401  (fixtures)
 
 from nasagent.cli import main
@@ -24,13 +26,16 @@ from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
 from nasagent.errors import ArtifactError, ConfigError
 from nasagent.kubeflow import (
+    TrialResources,
     artifacts_url,
     check_trial_secrets,
     experiment_name,
     export_finetuned,
     finetune_ranks,
+    mounted_trial_template,
     search_argv,
     toleration_flags,
+    use_s3_endpoint,
 )
 from nasagent.persistence.artifacts import ArtifactStore, open_artifacts
 from nasagent.persistence.postgres import Store
@@ -218,22 +223,49 @@ def test_leaderboard_is_published_when_a_trial_finishes(
 # -- nasagent.kubeflow: what the components share --------------------------------------------------------
 
 
-def test_artifact_urls_experiment_names_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NASAGENT_S3_BUCKET", "from-secret")
-    assert artifacts_url("") == "s3://from-secret"
+def test_artifact_urls_experiment_names_and_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # By default the platform's own bucket, under the prefix a Kubeflow >= 1.11 profile may write to.
+    monkeypatch.setenv("POD_NAMESPACE", "kubeflow-user-example-com")
+    assert artifacts_url("") == "s3://mlpipeline/private/kubeflow-user-example-com/nasagent"
     assert artifacts_url("mine") == "s3://mine" and artifacts_url("file:///tmp/x") == "file:///tmp/x"
     assert artifacts_url("s3://b/prefix") == "s3://b/prefix"
-    monkeypatch.delenv("NASAGENT_S3_BUCKET")
+    monkeypatch.delenv("POD_NAMESPACE")
     with pytest.raises(ConfigError, match="no bucket"):
         artifacts_url(" ")
+    monkeypatch.setenv("NASAGENT_S3_ENDPOINT", "http://minio:9000")
+    use_s3_endpoint("")  # "" keeps what the pod has
+    assert os.environ["NASAGENT_S3_ENDPOINT"] == "http://minio:9000"
+    use_s3_endpoint(" http://seaweedfs.kubeflow.svc.cluster.local:8333 ")
+    assert os.environ["NASAGENT_S3_ENDPOINT"] == "http://seaweedfs.kubeflow.svc.cluster.local:8333"
     assert experiment_name("cifar", "Run of nasagent-search (x)", "3F2A9C1E-77") == "cifar"
     assert experiment_name("", "Run of nasagent-search (x)", "3F2A9C1E-77") == "run-of-nasagent-search-x-3f2a9c1e"
     with pytest.raises(ConfigError, match="no experiment name"):
         experiment_name(" ", "run", "")
-    check_trial_secrets("kubernetes", "nasagent-db", "nasagent-s3")
-    check_trial_secrets("local", "other-db", "other-s3")
-    with pytest.raises(ConfigError, match="other-db \\(trial pods read nasagent-db\\)"):
-        check_trial_secrets("kfp", "other-db", "nasagent-s3")
+    check_trial_secrets("kubernetes", "nasagent-db")
+    check_trial_secrets("local", "other-db")
+    with pytest.raises(ConfigError, match="database Secret must be nasagent-db: got other-db"):
+        check_trial_secrets("kfp", "other-db")
+    # The trial template ConfigMap is mounted optionally: no file, no --trial-template.
+    assert mounted_trial_template(str(tmp_path)) == ""
+    (tmp_path / "job.yaml").write_text("apiVersion: batch/v1\nkind: Job\n", encoding="utf-8")
+    assert mounted_trial_template(str(tmp_path)) == str(tmp_path / "job.yaml")
+
+
+TRIAL_FLAGS = {  # named with engineer 8b's `nasagent search` flags
+    "--trial-cpu-request": "3",
+    "--trial-cpu-limit": "4",
+    "--trial-memory-request": "10Gi",
+    "--trial-memory-limit": "10Gi",
+    "--trial-shm-size": "2Gi",
+}
+
+
+def flag_values(argv: list[str]) -> dict[str, list[str]]:
+    """``--flag value`` pairs of an argv (after the subcommand), every value of a repeated flag."""
+    values: dict[str, list[str]] = {}
+    for flag, value in zip(argv[1::2], argv[2::2]):
+        values.setdefault(flag, []).append(value)
+    return values
 
 
 def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture) -> None:
@@ -255,37 +287,112 @@ def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture)
             {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"},
         ],
         pending_timeout=1200,
-        artifacts="s3://b",
+        artifacts="s3://mlpipeline/private/ns/nasagent",
         keep_top=10,
+        trial_resources=TrialResources("3", "4", "10Gi", "10Gi", "2Gi"),
+        s3_secret="mlpipeline-minio-artifact",
+        s3_endpoint="http://seaweedfs.kubeflow.svc.cluster.local:8333",
+        trial_template="/etc/nasagent/trial-template/job.yaml",
     )
     argv = search_argv(launcher="kubernetes", **common)
-    assert "--trials" not in argv  # 0: the whole schedule
-    text = " ".join(argv)
-    for expected in (
-        "--launcher kubernetes",
-        "--parallelism 8",
-        "--trial-image reg/nasagent-trainer:1",
-        "--gpus-per-trial 1",
-        "--pending-timeout 1200",
-        "--node-selector nvidia.com/gpu.present=true",
-        "--toleration nvidia.com/gpu:NoSchedule",
-        "--toleration pool=gpu:NoExecute",
-        "--artifacts s3://b",
-    ):
-        assert expected in text
+    assert argv[0] == "search" and len(argv) % 2 == 1  # every flag has its value
+    values = flag_values(argv)
+    assert "--trials" not in values  # 0: the whole schedule
+    assert values["--toleration"] == ["nvidia.com/gpu:NoSchedule", "pool=gpu:NoExecute"]
+    single = {flag: found[0] for flag, found in values.items() if flag != "--toleration"}
+    assert single == {
+        "--experiment": "e",
+        "--dataset": "prepared:s3://b/datasets/digits/x.npz",
+        "--space": "metaqnn-small",
+        "--strategy": "qlearning",
+        "--schedule": "paper",
+        "--epochs": "20",
+        "--seed": "0",
+        "--parallelism": "8",
+        "--artifacts": "s3://mlpipeline/private/ns/nasagent",
+        "--keep-top": "10",
+        "--launcher": "kubernetes",
+        "--trial-image": "reg/nasagent-trainer:1",
+        "--gpus-per-trial": "1",
+        "--pending-timeout": "1200",
+        "--node-selector": "nvidia.com/gpu.present=true",
+        **TRIAL_FLAGS,
+        # The trial pods read the same object-store Secret and endpoint as the pipeline's steps.
+        "--s3-secret": "mlpipeline-minio-artifact",
+        "--s3-endpoint": "http://seaweedfs.kubeflow.svc.cluster.local:8333",
+        "--trial-template": "/etc/nasagent/trial-template/job.yaml",
+    }
     # The CLI accepts exactly this command line (it fails later, at the cluster, not at the flags).
     from nasagent.cli import build_parser
 
     parsed = build_parser().parse_args(argv)
     assert parsed.toleration == ["nvidia.com/gpu:NoSchedule", "pool=gpu:NoExecute"] and parsed.gpus_per_trial == 1
+    assert (parsed.trial_cpu_request, parsed.trial_memory_limit, parsed.trial_shm_size) == ("3", "10Gi", "2Gi")
+    assert (parsed.s3_secret, parsed.s3_endpoint) == ("mlpipeline-minio-artifact", single["--s3-endpoint"])
+
+    # No template mounted, no --trial-template; KFP builds its own trial pods.
+    assert "--trial-template" not in search_argv(launcher="kubernetes", **{**common, "trial_template": ""})
+    kfp = flag_values(search_argv(launcher="kfp", **common))
+    assert kfp["--launcher"] == ["kfp"] and kfp["--trial-image"] == ["reg/nasagent-trainer:1"]
+    assert not {"--trial-template", "--s3-secret", "--s3-endpoint", *TRIAL_FLAGS} & set(kfp)
+    with pytest.raises(ConfigError, match="--trial-memory-limit needs a Kubernetes quantity"):
+        search_argv(launcher="kubernetes", **{**common, "trial_resources": TrialResources("3", "4", "8Gi", " ", "1Gi")})
 
     with caplog.at_level(logging.WARNING):
         local = search_argv(launcher="local", **{**common, "trials": 5})
     assert "--trial-image" not in local and "--trials" in local and "are ignored" in caplog.text
+    assert not {"--s3-secret", "--trial-template", *TRIAL_FLAGS} & set(local)
     with pytest.raises(ConfigError, match="launcher must be"):
         search_argv(launcher="slurm", **common)
     with pytest.raises(ConfigError, match="needs a key and an effect"):
         toleration_flags([{"operator": "Exists"}])
+
+
+def test_the_agent_steps_trial_job_carries_the_pipelines_sizes_store_and_template(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the agent step's command line makes of a trial pod, shown by ``nasagent search --dry-run``
+    (the Job it would create; no cluster, no database): the ``trial_*`` sizes, the platform's
+    object-store Secret and endpoint, and the admin's template (here the one manifests/ ship)."""
+    argv = search_argv(
+        experiment="e",
+        dataset="prepared:s3://mlpipeline/private/ns/nasagent/datasets/digits/x.npz",
+        space="metaqnn-small",
+        strategy="qlearning",
+        trials=0,
+        schedule="paper",
+        epochs=20,
+        seed=0,
+        parallelism=8,
+        launcher="kubernetes",
+        trial_image="ghcr.io/nasagent/nasagent-trainer:0.1.0",
+        gpus_per_trial=1,
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        pending_timeout=900,
+        artifacts="s3://mlpipeline/private/ns/nasagent",
+        keep_top=10,
+        trial_resources=TrialResources("3", "4", "10Gi", "10Gi", "2Gi"),
+        s3_secret="mlpipeline-minio-artifact",
+        s3_endpoint="http://seaweedfs.kubeflow.svc.cluster.local:8333",
+        trial_template=str(ROOT / "manifests" / "base" / "trial-job.yaml"),
+    )
+    assert main([*argv, "--dry-run"]) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "3", "memory": "10Gi", "nvidia.com/gpu": 1},
+        "limits": {"cpu": "4", "memory": "10Gi", "nvidia.com/gpu": 1},
+    }
+    env = {e["name"]: e.get("value") or e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert env["NASAGENT_S3_ACCESS_KEY"] == {"name": "mlpipeline-minio-artifact", "key": "accesskey"}
+    assert env["NASAGENT_S3_SECRET_KEY"] == {"name": "mlpipeline-minio-artifact", "key": "secretkey"}
+    assert env["NASAGENT_S3_ENDPOINT"] == "http://seaweedfs.kubeflow.svc.cluster.local:8333"
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True  # the template's
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
 def test_ranks_to_finetune_drop_models_of_an_earlier_larger_top(tmp_path: Path, store: Store) -> None:

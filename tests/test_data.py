@@ -12,6 +12,7 @@ import torch
 
 from nasagent.errors import ConfigError, DataError
 from nasagent.training.data import DataBundle, load_dataset
+from nasagent.training.sources import as_float
 
 
 def class_fractions(y: torch.Tensor, k: int) -> np.ndarray:
@@ -99,7 +100,8 @@ def test_npz_grayscale_nhw_uint8(tmp_path: Path) -> None:
     x = np.full((30, 5, 6), 51, dtype=np.uint8)
     data = load_dataset(save_npz(tmp_path / "d.npz", x=x, y=labels(30)), tmp_path)
     assert data.input_shape == (1, 5, 6) and data.num_classes == 3
-    assert torch.allclose(data.train.x, torch.tensor(0.2))
+    assert data.train.x.dtype == torch.uint8  # 8-bit data stay 8-bit: a quarter of float32's memory
+    assert torch.allclose(as_float(data.train.x), torch.tensor(0.2))
     assert len(data.train) + len(data.val) + len(data.test) == 30  # type: ignore[arg-type]
 
 
@@ -109,7 +111,7 @@ def test_npz_channels_last(tmp_path: Path) -> None:
     x[:, 0, 5, 2] = 255  # blue: top-right pixel
     data = load_dataset(save_npz(tmp_path / "d.npz", x=x, y=labels(30)), tmp_path)
     assert data.input_shape == (3, 5, 6)
-    img = data.train.x[0]
+    img = as_float(data.train.x[0])
     assert img[0].max() == 0 and img[1].min() == 1
     assert img[2, 0, 5] == 1 and img[2].sum() == 1
 
@@ -280,7 +282,7 @@ def test_svhn_from_mat_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         scipy_io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": y})
     data = load_dataset("svhn", tmp_path, download=False)
     check_official_split(data, (3, 32, 32), train_n=50, test_n=20)
-    np.testing.assert_allclose(data.test.x[5].numpy(), images["test"][5] / 255, rtol=1e-6)  # type: ignore[union-attr]
+    np.testing.assert_allclose(as_float(data.test.x[5]).numpy(), images["test"][5] / 255, rtol=1e-6)  # type: ignore[union-attr]
     assert data.test.y[5] == 6 and data.test.y[9] == 0  # type: ignore[union-attr]  # label 10 -> digit 0 -> class 0
 
 
@@ -291,7 +293,7 @@ def check_official_split(data: DataBundle, shape: tuple[int, int, int], train_n:
     assert len(data.val) == 10  # max(num_classes, round(0.2 * train_n))
     assert set(data.val.y.tolist()) == set(range(10))
     for split in (data.train, data.val, data.test):
-        assert split.x.dtype == torch.float32 and 0 <= split.x.min() and split.x.max() <= 1
+        assert split.x.dtype == torch.uint8  # 8-bit images are held as codes (as_float: values in [0, 1])
 
 
 @pytest.mark.parametrize("spec", ["mnist", "fashion_mnist", "cifar10", "svhn"])

@@ -30,8 +30,10 @@ from nasagent.strategies.meta_a2c import MetaA2COptions, MetaA2CStrategy, load_p
 from nasagent.strategies.meta_a2c import from_context as meta_a2c_from_context
 from nasagent.strategies.random_nsc import RandomNSCStrategy
 
-SPACE = NSCSpace((1, 8, 8), 10, depth=6, tau=6)
-SMALL = NSCSpace((1, 8, 8), 10, depth=4, tau=6, multi_branch=True)
+# SAME padding: on 8x8 inputs the authors' VALID padding (the default) would make the toy's optimum,
+# six 3x3 convolutions, invalid (rule e).
+SPACE = NSCSpace((1, 8, 8), 10, depth=6, tau=6, padding="same")
+SMALL = NSCSpace((1, 8, 8), 10, depth=4, tau=6, multi_branch=True, padding="same")
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +198,9 @@ def test_search_config_selects_the_gym_strategies() -> None:
 
 
 def test_dqn_epsilon_falls_linearly_to_its_floor() -> None:
-    cfg = DQNOptions(t_max=1000)
+    # By default over all t_max steps, as the authors' run script (--exploration_fraction=1.0).
+    assert [round(DQNOptions(t_max=1000).epsilon(s), 3) for s in (0, 500, 1000, 2000)] == [1.0, 0.55, 0.1, 0.1]
+    cfg = DQNOptions(t_max=1000, exploration_fraction=0.1)
     assert [round(cfg.epsilon(s), 3) for s in (0, 50, 100, 500)] == [1.0, 0.55, 0.1, 0.1]
     strategy = DQNStrategy(SPACE, 0, cfg)
     drive(strategy, 120)

@@ -312,5 +312,32 @@ def test_make_images_says_in_one_line_that_there_is_no_engine() -> None:
     assert "'nasagent-no-such-docker' not found: building images needs a Docker engine" in missing.stderr
     unreachable = make("images", "DOCKER=false")
     assert unreachable.returncode != 0 and "'false' cannot reach a Docker engine" in unreachable.stderr
-    no_registry = make("images-push", "DOCKER=false")
+    no_registry = make("images-push", "DOCKER=false", "REGISTRY=")
     assert no_registry.returncode != 0 and "make images-push: set REGISTRY" in no_registry.stderr
+    latest = make("images-push", "DOCKER=false", "TAG=latest")
+    assert latest.returncode != 0 and "TAG must name one build" in latest.stderr
+
+
+def test_the_pipelines_default_images_are_what_make_images_push_pushes() -> None:
+    """A run that keeps the default agent_image and trainer_image pulls exactly the images
+    ``make images-push`` (default REGISTRY, TAG = the package version) pushed: a version tag,
+    never ``latest``, which images-push does not make and Docker Hub does not have."""
+    sys.path.insert(0, str(REPO))
+    try:
+        import components
+    finally:
+        sys.path.remove(str(REPO))
+    assert components.VERSION == PYPROJECT["project"]["version"]
+    pushes = [
+        line.removeprefix("docker push ")
+        for line in make("-n", "images-push", "DOCKER=docker").stdout.splitlines()
+        if line.startswith("docker push ")
+    ]
+    assert pushes == [components.AGENT_IMAGE, components.TRAINER_IMAGE]
+    for image in pushes:
+        reference, _, tag = image.rpartition(":")
+        host = reference.split("/")[0]
+        # Docker's rule: a first component with a dot, a port or "localhost" names a registry;
+        # anything else is a Docker Hub repository.
+        assert "/" in reference and ("." in host or ":" in host or host == "localhost"), f"{image}: Docker Hub"
+        assert tag == PYPROJECT["project"]["version"] and tag != "latest"

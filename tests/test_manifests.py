@@ -2,9 +2,14 @@
 rendered object, and the trial Job template inside its ConfigMap, validates with
 kubernetes-validate in strict mode (unknown fields are errors) against pinned Kubernetes versions:
 1.30.0, the oldest supported, and 1.37.0, the newest the installed schemas know. Then the security
-properties: the agent's Role is exactly what the launcher needs, no secret values ship except the
-marked development defaults, NetworkPolicies admit only nasagent's agent, trials and bucket setup,
-data sit on PersistentVolumeClaims, pods run as non-root, and the GPU overlays request GPUs.
+properties: the agent's Role holds exactly the verbs of the requests the real client adapter makes
+(derived here from those requests), the trials' ServiceAccount is bound to nothing, no secret
+values ship except the marked development defaults and pods read Secrets as files,
+NetworkPolicies admit only nasagent's agent and trials and cover every pod, data sit on
+PersistentVolumeClaims, pods run as a high non-root user with CPU and memory limits, server images
+are pinned by release and digest, the GPU overlays request GPUs, and only the overlays without a
+platform S3 store get nasagent's own SeaweedFS. tests/test_admission.py checks the pods against
+the Pod Security "restricted" profile, tests/test_checkov.py runs a real scanner.
 
 There is no API server here: these tests check what would be applied, not a running cluster.
 """
@@ -18,29 +23,30 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
+from launcher_helpers import FakeApiServer
+
+from nasagent.execution.kubernetes import ClientApi, KubernetesApi, trial_job
+from nasagent.execution.launchers import launcher_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-SECRET_NAMES = {"nasagent-db", "nasagent-s3", "nasagent-postgres", "nasagent-minio"}
+SECRET_NAMES = {"nasagent-postgres", "nasagent-db", "nasagent-trial-db", "nasagent-s3"}
 DEV_MARK = "nasagent.io/development-defaults"
-# Exactly what the Kubernetes launcher needs (the contract with nasagent/runners).
-AGENT_RULES = (
-    {("batch", "jobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
-    | {("", "pods", verb) for verb in ("get", "list", "watch")}
-    | {("", "pods/log", "get")}
-)
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
+WORKLOADS = ("StatefulSet", "Deployment", "DaemonSet", "Job")
+# Overlays whose namespace has no S3 store of the platform's, and so get components/seaweedfs.
+OWN_OBJECT_STORE = {"dev", "gpu"}
 
 
 def kustomization(overlay: str) -> dict[str, Any]:
@@ -141,7 +147,7 @@ def test_every_rendered_object_validates_strictly(
 
 def test_strict_validation_rejects_a_misspelt_field(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The check above would catch a typo: strict mode rejects a field the schema does not know."""
-    job = json.loads(json.dumps(one(rendered["dev"], "Job", "minio-bucket")))
+    job = json.loads(json.dumps(one(rendered["dev"], "StatefulSet", "seaweedfs")))
     job["spec"]["template"]["spec"]["automountServiceAcountToken"] = False
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, K8S_VERSIONS[0], strict=True)
@@ -168,28 +174,160 @@ def test_kubeflow_overlay_leaves_the_profile_namespace_to_kubeflow(rendered: dic
 # --- RBAC ----------------------------------------------------------------------------------------
 
 
+def rbac_attributes(method: str, path: str) -> tuple[str, str, str]:
+    """(API group, resource, verb) that the API server authorizes an HTTP request as, by the rules
+    of Kubernetes' request info: POST create, PUT update, PATCH patch, DELETE delete (deletecollection
+    without a name), GET get with a name, else list, or watch with ``watch=true``."""
+    url = urlsplit(path)
+    parts = url.path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    assert rest[0] == "namespaces", f"{path}: only namespaced requests expected"
+    resource = "/".join([rest[2]] + rest[4:5])
+    named = len(rest) > 3
+    watch = parse_qs(url.query).get("watch", [""])[0].lower() in ("true", "1")
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+    if method in verbs:
+        return group, resource, verbs[method]
+    if method == "DELETE":
+        return group, resource, "delete" if named else "deletecollection"
+    return group, resource, "get" if named else ("watch" if watch else "list")
+
+
+def adapter_requests() -> set[tuple[str, str, str]]:
+    """What the real client adapter (``ClientApi``, on the official client) asks the API server
+    for, as RBAC attributes: every method of ``KubernetesApi`` is called once against a FAKE API
+    server over HTTP (no real one can run here) that records the requests."""
+    from kubernetes import client
+
+    calls: dict[str, Callable[[ClientApi], Any]] = {
+        "create_job": lambda api: api.create_job("nas", trial_job(launcher_settings_for_rbac(), 1, 1, "nas-x-1-1-a")),
+        "delete_job": lambda api: api.delete_job("nas", "gone"),
+        "list_jobs": lambda api: api.list_jobs("nas", "nasagent.io/role=trial"),
+        "watch_jobs": lambda api: list(api.watch_jobs("nas", "nasagent.io/role=trial", "8", 5)),
+        "list_pods": lambda api: api.list_pods("nas", "job-name=x"),
+        "read_pod": lambda api: api.read_pod("nas", "agent"),
+    }
+    protocol = {name for name in vars(KubernetesApi) if not name.startswith("_")}
+    assert set(calls) == protocol, "call every method of KubernetesApi here"
+    server = FakeApiServer()
+    try:
+        configuration = client.Configuration()
+        configuration.host = server.url
+        api = ClientApi(client.ApiClient(configuration))
+        for call in calls.values():
+            call(api)
+    finally:
+        server.close()
+    return {rbac_attributes(method, path) for method, path in server.requests}
+
+
+def launcher_settings_for_rbac() -> Any:
+    """Settings for one trial Job, to create through the adapter."""
+    return launcher_settings("kubernetes", "x", 1, {"image": "img:1", "namespace": "nas"})
+
+
+def test_the_adapter_requests_are_what_the_role_documents() -> None:
+    """The derivation itself: these are the launcher's requests today (so a change shows here)."""
+    assert adapter_requests() == {
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "watch"),
+        ("", "pods", "list"),
+        ("", "pods", "get"),
+    }
+    assert rbac_attributes("GET", "/api/v1/namespaces/n/pods/p/log?tailLines=5") == ("", "pods/log", "get")
+    assert rbac_attributes("DELETE", "/apis/batch/v1/namespaces/n/jobs") == ("batch", "jobs", "deletecollection")
+
+
+def granted(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    """A Role's rules as (API group, resource, resource name or "", verb); no wildcards allowed."""
+    result = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "resourceNames", "verbs"}, "no nonResourceURLs expected"
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in rule.get("resourceNames", [""]):
+                    result |= {(group, resource, name, verb) for verb in rule["verbs"]}
+    return result
+
+
+# What KFP's own containers need in every step pod of a run started as nasagent-agent, as read in
+# the KFP backend of each supported release (docs/kubeflow.md, "Identity: who the steps run as").
+KFP_STEP_RULES = {
+    ("", "configmaps", "kfp-launcher", "get"),
+    ("", "secrets", "mlpipeline-minio-artifact", "get"),
+    ("", "pods", "", "get"),
+    ("argoproj.io", "workflowtaskresults", "", "create"),
+    ("argoproj.io", "workflowtaskresults", "", "patch"),
+}
+
+
+def render_with(overlay: str, component: str, tmp_path: Path) -> list[dict[str, Any]]:
+    """An overlay with one more component, as an admin's copy of it would add it."""
+    root = tmp_path / "with-component"
+    root.mkdir()
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(MANIFESTS / "overlays" / overlay, root)],
+                "components": [os.path.relpath(MANIFESTS / "components" / component, root)],
+            }
+        )
+    )
+    return render(root)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_agent_role_allows_exactly_what_the_launcher_needs(
+def test_agent_role_allows_exactly_what_the_adapter_requests(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
     objects = rendered[overlay]
     assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
-    roles = find(objects, "Role")
-    assert [r["metadata"]["name"] for r in roles] == ["nasagent-agent"]
-    granted = set()
-    for rule in roles[0]["rules"]:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, "no resourceNames or nonResourceURLs expected"
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], f"wildcard in {field}"
-        granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == AGENT_RULES
+    roles = {r["metadata"]["name"]: granted(r) for r in find(objects, "Role")}
+    assert {(g, r, v) for g, r, n, v in roles.pop("nasagent-agent")} == adapter_requests()
+    # Kubeflow only: what KFP's own step containers need, kept in a Role of its own.
+    assert roles == ({"nasagent-kfp-step": KFP_STEP_RULES} if overlay == "kubeflow" else {})
 
     account = one(objects, "ServiceAccount", "nasagent-agent")
-    binding = one(objects, "RoleBinding", "nasagent-agent")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "nasagent-agent"}
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "nasagent-agent", "namespace": account["metadata"]["namespace"]}
-    ]
+    for binding in find(objects, "RoleBinding"):
+        name = binding["metadata"]["name"]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "nasagent-agent", "namespace": account["metadata"]["namespace"]}
+        ]
+
+
+def test_the_kfp_launcher_component_grants_the_kfp_api_calls_only(tmp_path: Path) -> None:
+    """components/kfp-launcher, for --launcher kfp: the KFP API's resources for what KfpClient
+    calls (experiments found or created; runs created, read, listed, terminated), nothing else."""
+    objects = render_with("kubeflow", "kfp-launcher", tmp_path)
+    role = one(objects, "Role", "nasagent-kfp-launcher")
+    assert granted(role) == {
+        ("pipelines.kubeflow.org", "experiments", "", verb) for verb in ("get", "list", "create")
+    } | {("pipelines.kubeflow.org", "runs", "", verb) for verb in ("get", "list", "create", "terminate")}
+    binding = one(objects, "RoleBinding", "nasagent-kfp-launcher")
+    assert [s["name"] for s in binding["subjects"]] == ["nasagent-agent"]
+    for version in K8S_VERSIONS:
+        for obj in (role, binding):
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trials_run_as_a_service_account_without_rights_or_token(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    account = one(objects, "ServiceAccount", "nasagent-trial")
+    assert account["automountServiceAccountToken"] is False
+    bound = {s["name"] for b in find(objects, "RoleBinding") for s in b["subjects"] if s["kind"] == "ServiceAccount"}
+    assert bound == {"nasagent-agent"}, "nasagent-trial is bound to nothing"
+    pod = trial_template(objects)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "nasagent-trial" and pod["automountServiceAccountToken"] is False
 
 
 # --- credentials ---------------------------------------------------------------------------------
@@ -221,83 +359,105 @@ def test_only_marked_development_defaults_are_rendered(rendered: dict[str, list[
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_credentials_come_only_from_the_named_secrets(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_pods_read_secrets_as_files_from_the_named_secrets(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """No manifest puts a Secret into an environment variable (the trial Job's own environment is
+    the launcher's, tests/test_checkov.py); the Secrets mounted are the documented ones."""
     for where, template in pod_specs(rendered[overlay]):
-        for container in template["spec"]["containers"]:
+        spec = template["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
             assert "envFrom" not in container
             for env in container.get("env", []):
-                if "value" in env:
-                    assert not re.search(r"PASSWORD|SECRET|TOKEN|KEY|NASAGENT_DB", env["name"]), (
+                assert "valueFrom" not in env, f"{where}: {env['name']} comes from a Secret"
+                if not env["value"].startswith("/"):  # a file's path is no credential
+                    assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY$|NASAGENT_DB", env["name"]), (
                         f"{where}: {env['name']} is a literal"
                     )
-                else:
-                    ref = env["valueFrom"]["secretKeyRef"]
-                    assert ref["name"] in SECRET_NAMES, f"{where}: {env['name']} from {ref['name']}"
+        for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in SECRET_NAMES, f"{where}: {volume['secret']}"
+                assert volume["secret"]["defaultMode"] == 0o440, f"{where}: readable by the pod's group only"
+
+
+def mounted_secret_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file ``path`` a container reads from a mounted Secret."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in container["volumeMounts"]:
+        if path.startswith(mount["mountPath"] + "/") and "secret" in volumes[mount["name"]]:
+            return volumes[mount["name"]]["secret"]["secretName"], path[len(mount["mountPath"]) + 1 :]
+    raise AssertionError(f"{path} is not in a mounted Secret")
 
 
 def test_dev_secrets_provide_every_referenced_key_consistently(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["dev"]
     values = {s["metadata"]["name"]: secret_values(s) for s in find(objects, "Secret")}
-    for where, template in pod_specs(objects):
-        for container in template["spec"]["containers"]:
-            for env in container.get("env", []):
-                if "valueFrom" in env:
-                    ref = env["valueFrom"]["secretKeyRef"]
-                    assert ref["key"] in values[ref["name"]], f"{where}: {ref['name']} has no key {ref['key']}"
 
-    # nasagent-db's URL points at the PostgreSQL that the StatefulSet initialises.
-    postgres_env = {
-        e["name"]: e.get("value")
-        for e in one(objects, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]["env"]
+    # PostgreSQL reads its passwords from the files of Secret nasagent-postgres.
+    postgres = one(objects, "StatefulSet", "postgres")["spec"]["template"]["spec"]
+    container = postgres["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    files = {
+        name: mounted_secret_file(postgres, container, env[name])
+        for name in ("POSTGRES_PASSWORD_FILE", "NASAGENT_TRIAL_PASSWORD_FILE")
+    }
+    assert files == {
+        "POSTGRES_PASSWORD_FILE": ("nasagent-postgres", "POSTGRES_PASSWORD"),
+        "NASAGENT_TRIAL_PASSWORD_FILE": ("nasagent-postgres", "TRIAL_PASSWORD"),
     }
     service = one(objects, "Service", "postgres")
-    url = urlsplit(values["nasagent-db"]["url"])
-    assert url.scheme == "postgresql"
-    assert (url.username, url.password) == (
-        postgres_env["POSTGRES_USER"],
-        values["nasagent-postgres"]["POSTGRES_PASSWORD"],
-    )
-    assert (url.hostname, url.port, url.path) == (
-        "postgres",
-        service["spec"]["ports"][0]["port"],
-        f"/{postgres_env['POSTGRES_DB']}",
-    )
 
-    # nasagent-s3 reaches the MinIO Service as a user that the bucket Job can create (not root).
+    # nasagent-db is the owner (the agent), nasagent-trial-db the trial role; both reach that server.
+    for secret, user, password in (
+        ("nasagent-db", env["POSTGRES_USER"], values["nasagent-postgres"]["POSTGRES_PASSWORD"]),
+        ("nasagent-trial-db", "nasagent_trial", values["nasagent-postgres"]["TRIAL_PASSWORD"]),
+    ):
+        url = urlsplit(values[secret]["url"])
+        assert (url.scheme, url.username, url.password) == ("postgresql", user, password), secret
+        assert (url.hostname, url.port, url.path) == (
+            "postgres",
+            service["spec"]["ports"][0]["port"],
+            f"/{env['POSTGRES_DB']}",
+        ), secret
+    # The role the init script creates is the one migration 003 grants to.
+    migration = (REPO / "nasagent" / "persistence" / "migrations" / "003_trial_role.sql").read_text()
+    assert "ALTER ROLE nasagent_trial LOGIN" in (MANIFESTS / "base" / "postgres-init.sh").read_text()
+    assert "TO nasagent_trial" in migration
+
+    # nasagent-s3 reaches SeaweedFS's S3 port, with keys that its identities file accepts.
     s3 = values["nasagent-s3"]
     endpoint = urlsplit(s3["endpoint"])
     assert (endpoint.scheme, endpoint.hostname, endpoint.port) == (
         "http",
-        "minio",
-        one(objects, "Service", "minio")["spec"]["ports"][0]["port"],
+        "seaweedfs",
+        one(objects, "Service", "seaweedfs")["spec"]["ports"][0]["port"],
     )
-    assert s3["access_key"] != values["nasagent-minio"]["MINIO_ROOT_USER"]
-    assert s3["bucket"] and len(s3["secret_key"]) >= 8 and len(values["nasagent-minio"]["MINIO_ROOT_PASSWORD"]) >= 8
+    done, config = run_s3_config(Path(os.environ.get("TMPDIR", "/tmp")), s3)
+    assert done.returncode == 0, done.stderr
+    assert config["identities"][0]["credentials"] == [{"accessKey": s3["access_key"], "secretKey": s3["secret_key"]}]
 
 
 # --- network -------------------------------------------------------------------------------------
 
 
 AGENT_POD = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "agent"}
+SERVERS = {"postgres": 5432, "seaweedfs": 8333}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_admit_only_agent_trials_and_setup(
-    rendered: dict[str, list[dict[str, Any]]], overlay: str
-) -> None:
+def test_network_policies_admit_only_agent_and_trials(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     objects = rendered[overlay]
     trial = trial_template(objects)["spec"]["template"]["metadata"]["labels"]
-    setup = one(objects, "Job", "minio-bucket")["spec"]["template"]["metadata"]["labels"]
     outsiders = [
         {"nasagent.io/role": "trial"},  # not part of nasagent
         {"app.kubernetes.io/part-of": "nasagent"},  # no role
         {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "notebook"},
         {"app": "something-else"},
     ]
-    expected = {"postgres": (5432, [AGENT_POD, trial], [setup]), "minio": (9000, [AGENT_POD, trial, setup], [])}
     policies = find(objects, "NetworkPolicy")
-    assert len(policies) == len(expected)
-    for server, (port, admitted, refused) in expected.items():
+    servers = {name: port for name, port in SERVERS.items() if find(objects, "StatefulSet", name)}
+    assert set(servers) == ({"postgres", "seaweedfs"} if overlay in OWN_OBJECT_STORE else {"postgres"})
+    for server, port in servers.items():
         pod = one(objects, "StatefulSet", server)["spec"]["template"]["metadata"]["labels"]
         covering = [p for p in policies if selects(p["spec"]["podSelector"], pod)]
         assert len(covering) == 1, f"{server} should be guarded by one policy"
@@ -307,18 +467,27 @@ def test_network_policies_admit_only_agent_trials_and_setup(
         sources = [peer for rule in spec["ingress"] for peer in rule["from"]]
         assert all(set(peer) == {"podSelector"} for peer in sources), "same-namespace pods only"
 
-        def admits(labels: dict[str, str]) -> bool:
+        def admits(labels: dict[str, str], sources: list[dict[str, Any]] = sources) -> bool:
             """Whether some ingress peer of this policy selects a pod with ``labels``."""
             return any(selects(peer["podSelector"], labels) for peer in sources)
 
-        assert all(admits(labels) for labels in admitted), server
-        assert not any(admits(labels) for labels in refused + outsiders), server
+        assert admits(AGENT_POD) and admits(trial), server
+        assert not any(admits(labels) for labels in outsiders), server
+
+    # Agent and trial pods accept no connections; every pod of the overlay has a policy.
+    for labels in (AGENT_POD, trial):
+        denying = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert [p["spec"].get("ingress") for p in denying] == [[]], labels
+    for where, template in pod_specs(objects):
+        assert any(selects(p["spec"]["podSelector"], template["metadata"]["labels"]) for p in policies), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_reach_their_statefulsets(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     objects = rendered[overlay]
-    for name in ("postgres", "minio"):
+    for name in SERVERS:
+        if not find(objects, "StatefulSet", name):
+            continue
         service, stateful = one(objects, "Service", name), one(objects, "StatefulSet", name)
         template = stateful["spec"]["template"]
         assert stateful["spec"]["serviceName"] == name
@@ -331,9 +500,11 @@ def test_services_reach_their_statefulsets(rendered: dict[str, list[dict[str, An
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_postgres_and_minio_keep_their_data_on_claims(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_servers_keep_their_data_on_claims(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     objects = rendered[overlay]
-    for name, path in (("postgres", "/var/lib/postgresql/data"), ("minio", "/data")):
+    for name, path in (("postgres", "/var/lib/postgresql/data"), ("seaweedfs", "/data")):
+        if not find(objects, "StatefulSet", name):
+            continue
         stateful = one(objects, "StatefulSet", name)
         claims = {c["metadata"]["name"]: c["spec"] for c in stateful["spec"]["volumeClaimTemplates"]}
         assert claims["data"]["accessModes"] == ["ReadWriteOnce"]
@@ -349,33 +520,52 @@ def test_postgres_and_minio_keep_their_data_on_claims(rendered: dict[str, list[d
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_runs_as_non_root_without_api_access(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_only_overlays_without_a_platform_store_get_seaweedfs(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    names = {o["metadata"]["name"] for o in rendered[overlay]}
+    assert ("seaweedfs" in names) == (overlay in OWN_OBJECT_STORE)
+    assert not [n for n in names if "minio" in n], "MinIO is gone"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_runs_as_a_high_non_root_user_without_api_access(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     for where, template in pod_specs(rendered[overlay]):
         spec = template["spec"]
         assert spec["automountServiceAccountToken"] is False, where
         assert spec["securityContext"]["runAsNonRoot"] is True, where
-        assert spec["securityContext"]["runAsUser"] > 0, where
+        # High, so the user cannot be one of the node's own (checkov CKV_K8S_40).
+        assert spec["securityContext"]["runAsUser"] >= 10000, where
+        assert spec["securityContext"]["runAsGroup"] >= 10000, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false", where
-        for container in spec["containers"]:
+        for container in spec["containers"] + spec.get("initContainers", []):
             ctx = container["securityContext"]
             assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}, where
             assert ctx["readOnlyRootFilesystem"] is True, where
-            assert "memory" in container["resources"]["limits"], where
+            limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+            assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests), where
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_server_images_are_pinned_to_exact_releases(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_server_images_are_pinned_to_exact_releases_and_digests(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     images = [
         c["image"]
         for obj in rendered[overlay]
-        if obj["kind"] in ("StatefulSet", "Job")
+        if obj["kind"] in WORKLOADS
         for c in obj["spec"]["template"]["spec"]["containers"]
+        + obj["spec"]["template"]["spec"].get("initContainers", [])
     ]
-    assert len(images) == 3
+    assert len(images) == (3 if overlay in OWN_OBJECT_STORE else 1)
     for image in images:
-        tag = image.rsplit("/", 1)[-1].partition(":")[2]
-        assert re.match(r"(\d+\.\d+\.\d+|\d+\.\d+-|RELEASE\.\d{4}-\d\d-\d\dT)", tag), f"{image} is not an exact release"
+        reference, _, digest = image.partition("@")
+        tag = reference.rsplit("/", 1)[-1].partition(":")[2]
+        assert re.match(r"(\d+\.\d+\.\d+|\d+\.\d+-|\d+\.\d+$)", tag), f"{image} is not an exact release"
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{image} is not pinned by digest"
     # Trial images are chosen per experiment: the launcher sets --trial-image.
     assert all("image" not in c for c in trial_template(rendered[overlay])["spec"]["template"]["spec"]["containers"])
 
@@ -404,7 +594,7 @@ def test_trial_template_labels_and_gpu_placement(rendered: dict[str, list[dict[s
 
 def test_gpu_template_is_the_base_template_plus_a_gpu() -> None:
     """components/gpu/trial-job.yaml repeats base/trial-job.yaml (kustomize cannot patch a file inside a
-    ConfigMap); apart from placement and resources the two must stay identical."""
+    ConfigMap); apart from placement, resources and the /dev/shm size the two must stay identical."""
     base = yaml.safe_load((MANIFESTS / "base" / "trial-job.yaml").read_text())
     gpu = yaml.safe_load((MANIFESTS / "components" / "gpu" / "trial-job.yaml").read_text())
     for job in (base, gpu):
@@ -413,6 +603,9 @@ def test_gpu_template_is_the_base_template_plus_a_gpu() -> None:
         pod.pop("tolerations", None)
         for container in pod["containers"]:
             container.pop("resources")
+        for volume in pod["volumes"]:
+            if volume["name"] == "shm":
+                volume["emptyDir"].pop("sizeLimit")
     assert gpu == base
 
 
@@ -420,80 +613,62 @@ def test_gpu_overlays_are_the_ones_that_say_so() -> None:
     assert uses_gpu("gpu") and uses_gpu("kubeflow") and not uses_gpu("dev")
 
 
-# --- the bucket setup script, against a fake mc ---------------------------------------------------
+# --- SeaweedFS's identities file, written from Secret nasagent-s3 -------------------------------------
 
-FAKE_MC = """#!/bin/sh
-# A fake of MinIO's `mc` command line (no MinIO server can run here): it logs its arguments, copies
-# policy files it is given, and fails `admin policy attach` when FAKE_MC_ATTACHED is set, as the
-# real mc does for a policy that is already attached.
-echo "$*" >> "$FAKE_MC_LOG"
-case "$*" in
-  *"admin policy create"*) eval "last=\\${$#}"; cp "$last" "$FAKE_MC_LOG.policy.json" ;;
-  *"admin policy attach"*) [ -z "${FAKE_MC_ATTACHED:-}" ] || { echo "policy change is already in effect" >&2; exit 1; } ;;
-  *"admin user info"*) echo "PolicyName: nasagent-$S3_BUCKET" ;;
-esac
-"""
+S3_SECRET = {"access_key": "nasagent", "secret_key": "s3secretkey+/=", "bucket": "models"}
 
 
-def run_setup(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run base/minio-setup.sh with the fake mc first on PATH; return the result and mc's calls."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "mc").write_text(FAKE_MC)
-    (bin_dir / "mc").chmod(0o755)
-    log = tmp_path / "mc.log"
-    log.unlink(missing_ok=True)
-    base_env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "TMPDIR": str(tmp_path),
-        "FAKE_MC_LOG": str(log),
-        "MINIO_URL": "http://minio:9000",
-        "MINIO_ROOT_USER": "root",
-        "MINIO_ROOT_PASSWORD": "rootpassword",
-        "S3_ACCESS_KEY": "nasagent",
-        "S3_SECRET_KEY": "s3secretkey",
-        "S3_BUCKET": "models",
-    }
+def run_s3_config(tmp_path: Path, secret: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run components/seaweedfs/s3-config.sh with ``secret`` as the mounted Secret's files; return
+    the result and the identities file it wrote (None if none)."""
+    secret_dir = tmp_path / f"secret-{len(list(tmp_path.glob('secret-*')))}"
+    secret_dir.mkdir(parents=True)
+    for key, value in secret.items():
+        (secret_dir / key).write_text(value)
+    config = secret_dir / "s3.json"
     done = subprocess.run(
-        ["sh", str(MANIFESTS / "base" / "minio-setup.sh")],
-        env=base_env | env,
+        ["sh", str(MANIFESTS / "components" / "seaweedfs" / "s3-config.sh")],
+        env={"PATH": os.environ["PATH"], "S3_SECRET_DIR": str(secret_dir), "S3_CONFIG": str(config)},
         capture_output=True,
         text=True,
         timeout=30,
     )
-    return done, log.read_text().splitlines() if log.exists() else []
+    return done, json.loads(config.read_text()) if config.exists() else None
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
-def test_bucket_setup_creates_a_bucket_scoped_user(tmp_path: Path) -> None:
-    done, calls = run_setup(tmp_path)
+def test_seaweedfs_knows_one_identity_scoped_to_the_bucket(tmp_path: Path) -> None:
+    done, config = run_s3_config(tmp_path, S3_SECRET)
     assert done.returncode == 0, done.stderr
-    mc = [re.sub(r"^--config-dir \S+ ", "", c) for c in calls]
-    assert mc[:3] == [
-        "alias set nasagent http://minio:9000 root rootpassword",
-        "mb --ignore-existing nasagent/models",
-        "admin user add nasagent nasagent s3secretkey",
-    ]
-    assert mc[3].startswith("admin policy create nasagent nasagent-models ")
-    assert mc[4] == "admin policy attach nasagent nasagent-models --user nasagent"
-    assert all(c.startswith(f"--config-dir {tmp_path}/mc ") for c in calls), (
-        "mc's config must go to the writable TMPDIR"
-    )
-    policy = json.loads((tmp_path / "mc.log.policy.json").read_text())
-    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
-    assert resources == {"arn:aws:s3:::models", "arn:aws:s3:::models/*"}
-    assert not any("*" == a or a == "s3:*" for s in policy["Statement"] for a in s["Action"])
+    assert config == {
+        "identities": [
+            {
+                "name": "nasagent",
+                "credentials": [{"accessKey": "nasagent", "secretKey": "s3secretkey+/="}],
+                "actions": ["Read:models", "List:models", "Write:models"],
+            }
+        ]
+    }
+    assert "s3secretkey" not in done.stdout + done.stderr, "the secret key is never printed"
+    written = next(tmp_path.glob("secret-*/s3.json"))
+    assert written.stat().st_mode & 0o077 == 0, "the identities file is private"
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
-def test_bucket_setup_runs_again_and_leaves_the_root_user_alone(tmp_path: Path) -> None:
-    again, calls = run_setup(tmp_path, FAKE_MC_ATTACHED="1")
-    assert again.returncode == 0, again.stderr
-    assert any("admin user info" in c for c in calls)
-
-    as_root, calls = run_setup(tmp_path, S3_ACCESS_KEY="root")
-    assert as_root.returncode == 0, as_root.stderr
-    assert not any("admin" in c for c in calls) and any("mb --ignore-existing" in c for c in calls)
-
-    missing, _ = run_setup(tmp_path, S3_BUCKET="")
-    assert missing.returncode != 0
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"secret_key": 'a"b}, {"x'}, "may hold only letters"),
+        ({"access_key": "a b"}, "may hold only letters"),
+        ({"secret_key": "short"}, "secret_key at least 8"),
+        ({"bucket": "Models_1"}, "not a valid S3 bucket name"),
+        ({"bucket": None}, "Secret nasagent-s3 has no key bucket"),
+    ],
+)
+def test_seaweedfs_setup_refuses_keys_it_cannot_write_safely(
+    tmp_path: Path, change: dict[str, str | None], words: str
+) -> None:
+    secret = {k: v for k, v in {**S3_SECRET, **change}.items() if v is not None}
+    done, config = run_s3_config(tmp_path, secret)  # type: ignore[arg-type]
+    assert done.returncode != 0 and config is None
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1

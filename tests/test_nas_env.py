@@ -87,7 +87,7 @@ def test_state_encoding_follows_section_4_2_1() -> None:
 
 
 def test_chain_layers_always_read_the_previous_layer() -> None:
-    env, _ = make_env()
+    env, _ = make_env(input_shape=(1, 28, 28))  # VALID padding: 28 -> 28 -> 9 -> 5 -> 2
     for action in (CONV1, MAXPOOL3, CONV5, AVGPOOL2):
         env.step(action)
     net = env.state.network(10)

@@ -80,7 +80,8 @@ def test_leaves_and_chain_detection() -> None:
 
 
 def test_shapes_follow_same_max_pooling_valid_average_pooling_and_padded_merges() -> None:
-    shapes = BRANCHY.shapes((3, 9, 9))
+    # padding="same" (the option); the default, the authors' VALID, is tested in test_fidelity.
+    shapes = BRANCHY.shapes((3, 9, 9), "same")
     assert shapes[0] == (3, 9, 9)
     assert shapes[1] == (32, 9, 9)  # convolutions: 32 filters, SAME
     assert shapes[2] == (3, 4, 4)  # average pooling 2: VALID, floor(9 / 2)
@@ -88,15 +89,15 @@ def test_shapes_follow_same_max_pooling_valid_average_pooling_and_padded_merges(
     assert shapes[4] == (35, 3, 3)  # max pooling 3: SAME, ceil(9 / 3)
     assert shapes[5] == (35, 4, 4)  # addition pads to the larger size and channel count
     assert shapes[-1] == shapes[5]  # one leaf feeds the head
-    assert NSCNetwork((NSCLayer(1, MAX_POOL, 3, 0),), 2).shapes((1, 2, 2))[1] == (1, 1, 1)  # SAME never fails
+    assert NSCNetwork((NSCLayer(1, MAX_POOL, 3, 0),), 2).shapes((1, 2, 2), "same")[1] == (1, 1, 1)  # never fails
     too_small = NSCNetwork((NSCLayer(1, AVG_POOL, 3, 0),), 2)
-    assert not too_small.is_valid((1, 2, 2))
+    assert not too_small.is_valid((1, 2, 2), "same")
     with pytest.raises(ConfigError, match="average pooling"):
-        build_nsc_model(too_small, (1, 2, 2))
+        build_nsc_model(too_small, (1, 2, 2), padding="same")
 
 
 def test_builder_realises_pcc_cells_and_the_prediction_head() -> None:
-    model = build_nsc_model(CHAIN, (1, 8, 8), mean=[0.5], std=[0.25])
+    model = build_nsc_model(CHAIN, (1, 8, 8), mean=[0.5], std=[0.25], padding="same")
     cell = model.ops["1"]
     assert [type(m) for m in cell] == [nn.ReLU, nn.Conv2d, nn.BatchNorm2d]  # ReLU-conv-BN (footnote 2)
     assert cell[1].out_channels == 32 and cell[1].kernel_size == (3, 3)
@@ -113,19 +114,19 @@ def test_builder_runs_multi_branch_networks_with_several_leaves() -> None:
         (NSCLayer(1, CONV, 1, 0), NSCLayer(2, MAX_POOL, 2, 0), NSCLayer(3, CONV, 5, 2), NSCLayer(4, ADD, 0, 1, 3)),
         4,
     )
-    model = build_nsc_model(net, (3, 7, 5))
-    c, h, w = net.shapes((3, 7, 5))[-1]
+    model = build_nsc_model(net, (3, 7, 5), padding="same")
+    c, h, w = net.shapes((3, 7, 5), "same")[-1]
     assert model.head[1].in_features == c * h * w
     assert model(torch.rand(2, 3, 7, 5)).shape == (2, 4)
     two_leaves = NSCNetwork((NSCLayer(1, CONV, 1, 0), NSCLayer(2, AVG_POOL, 2, 0)), 3)
-    model = build_nsc_model(two_leaves, (1, 6, 6))
-    assert two_leaves.shapes((1, 6, 6))[-1] == (33, 6, 6)  # leaves concatenated, the pooled one padded
+    model = build_nsc_model(two_leaves, (1, 6, 6), padding="same")
+    assert two_leaves.shapes((1, 6, 6), "same")[-1] == (33, 6, 6)  # leaves concatenated, the pooled one padded
     assert model(torch.rand(2, 1, 6, 6)).shape == (2, 3)
 
 
 def test_build_model_dispatches_nsc_networks_to_their_builder() -> None:
-    model = build_model(CHAIN, (1, 8, 8), [0.0], [1.0])
-    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    model = build_model(CHAIN, (1, 16, 16), [0.0], [1.0])  # VALID, the default: 16 -> 14 -> 7 -> 3
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
     with pytest.raises(ConfigError):
         build_nsc_model(CHAIN, (1, 8, 8), mean=[0.0, 0.0], std=[1.0, 1.0])
 

@@ -1,11 +1,13 @@
-"""The search pipeline: the committed YAML is what the code compiles to, its parameters and
-Kubernetes settings are the documented ones, and the compiled file runs end to end under
+"""The search pipeline: each committed YAML (one per supported KFP backend) is what the code
+compiles to, its parameters and Kubernetes settings are the documented ones (requests and limits,
+deadlines, the platform's object store, the admin's trial template, the non-root user where the
+backend can set it), and the compiled file runs end to end under
 kfp.local (SubprocessRunner in this environment) against the real embedded PostgreSQL with file
 artifacts: prepare -> search agent (local worker processes) -> finetune the top 2 in a
 ParallelFor -> ensemble. Every reported number is recomputed from the artifacts it describes.
 
 No Kubeflow cluster exists here: what only a cluster does (pods, Secrets, GPUs, labels) is checked
-in the compiled spec, not run.
+in the compiled spec, not run; tests/test_support_matrix.py checks that each backend can parse it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
     sys.path.insert(0, str(ROOT))
 
-from pipelines.search_pipeline import LOCAL_ARGUMENTS, PACKAGE, compile_pipeline, run_local  # noqa: E402
+from components import AGENT_IMAGE, TRAINER_IMAGE  # noqa: E402
+from pipelines.search_pipeline import (  # noqa: E402
+    IMAGE_USER,
+    LOCAL_ARGUMENTS,
+    PACKAGE,
+    STEP_DEADLINES,
+    TARGETS,
+    Target,
+    compile_pipeline,
+    run_local,
+)
 
 PARAMETERS = {
     "experiment": ("STRING", None),
@@ -46,11 +58,20 @@ PARAMETERS = {
     "gpu_node_selector": ("STRUCT", {"nvidia.com/gpu.present": "true"}),
     "gpu_tolerations": ("LIST", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
     "pending_timeout": ("NUMBER_INTEGER", 900.0),
+    # A one-GPU node: 4 vCPUs and 16 GB (e.g. g4dn.xlarge, n1-standard-4 + T4), less what the
+    # kubelet and the DaemonSets keep.
+    "trial_cpu_request": ("STRING", "3"),
+    "trial_cpu_limit": ("STRING", "4"),
+    "trial_memory_request": ("STRING", "10Gi"),
+    "trial_memory_limit": ("STRING", "10Gi"),
+    "trial_shm_size": ("STRING", "2Gi"),
+    "trial_template": ("STRING", "nasagent-trial-template"),
     "launcher": ("STRING", "kubernetes"),
-    "agent_image": ("STRING", "nasagent-agent:latest"),
-    "trainer_image": ("STRING", "nasagent-trainer:latest"),
+    "agent_image": ("STRING", "ghcr.io/nasagent/nasagent-agent:0.1.0"),
+    "trainer_image": ("STRING", "ghcr.io/nasagent/nasagent-trainer:0.1.0"),
     "db_secret": ("STRING", "nasagent-db"),
-    "s3_secret": ("STRING", "nasagent-s3"),
+    "s3_secret": ("STRING", "mlpipeline-minio-artifact"),  # the profile namespace's own object-store keys
+    "s3_endpoint": ("STRING", "per target"),
     "bucket": ("STRING", None),
     "keep_top": ("NUMBER_INTEGER", 10.0),
     "finetune_top": ("NUMBER_INTEGER", 10.0),
@@ -60,23 +81,45 @@ PARAMETERS = {
 }
 
 
-def compiled() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The committed package: (pipeline spec, Kubernetes platform spec)."""
-    spec, platform = yaml.safe_load_all(PACKAGE.read_text(encoding="utf-8"))
+# The platform's object store in each target's Kubeflow release (kubeflow/manifests at v1.10.2,
+# v1.11.0, 26.03: the MinIO service, then SeaweedFS, whose S3 port profile namespaces may reach).
+S3_ENDPOINTS = {
+    "kfp-2.16": "http://seaweedfs.kubeflow.svc.cluster.local:8333",
+    "kfp-2.15": "http://seaweedfs.kubeflow.svc.cluster.local:8333",
+    "kfp-2.5": "http://minio-service.kubeflow.svc.cluster.local:9000",
+}
+BY_NAME = {target.name: target for target in TARGETS}
+
+
+def compiled(target: Target = TARGETS[0]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A committed package: (pipeline spec, Kubernetes platform spec)."""
+    spec, platform = yaml.safe_load_all(target.package.read_text(encoding="utf-8"))
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def test_committed_yaml_is_what_the_code_compiles_to(tmp_path: Path) -> None:
-    fresh = compile_pipeline(tmp_path / "search_pipeline.yaml").read_text(encoding="utf-8")
-    assert PACKAGE.read_text(encoding="utf-8") == fresh, "pipelines/search_pipeline.yaml is stale: run make pipelines"
+def test_the_default_file_is_for_the_newest_backend() -> None:
+    assert PACKAGE == TARGETS[0].package == ROOT / "pipelines" / "search_pipeline.yaml"
+    assert [(t.name, t.kubeflow) for t in TARGETS] == [("kfp-2.16", "26.03"), ("kfp-2.15", "1.11"), ("kfp-2.5", "1.10")]
 
 
-def test_pipeline_parameters_and_structure() -> None:
-    spec, _ = compiled()
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_committed_yaml_is_what_the_code_compiles_to(target: Target, tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / target.package.name, target).read_text(encoding="utf-8")
+    assert target.package.read_text(encoding="utf-8") == fresh, f"{target.package.name} is stale: run make pipelines"
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_pipeline_parameters_and_structure(target: Target) -> None:
+    spec, _ = compiled(target)
     inputs = spec["root"]["inputDefinitions"]["parameters"]
+    expected = {**PARAMETERS, "s3_endpoint": ("STRING", S3_ENDPOINTS[target.name])}
     assert {name: (p["parameterType"], p.get("defaultValue")) for name, p in inputs.items()} == {
-        name: (kind, default if default is not None else "") for name, (kind, default) in PARAMETERS.items()
+        name: (kind, default if default is not None else "") for name, (kind, default) in expected.items()
     }
+    assert (inputs["agent_image"]["defaultValue"], inputs["trainer_image"]["defaultValue"]) == (
+        AGENT_IMAGE,
+        TRAINER_IMAGE,
+    )
     assert all(p["isOptional"] for p in inputs.values())  # kfp run create needs only what differs
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"leaderboard", "search_metrics"}
 
@@ -93,45 +136,95 @@ def test_pipeline_parameters_and_structure() -> None:
         assert task.get("cachingOptions", {}).get("enableCache") is not True  # a cached search would skip the search
 
 
-def test_kubernetes_settings_of_every_step() -> None:
-    spec, executors = compiled()
-    roles = {"exec-prepare": "agent", "exec-search-agent": "agent", "exec-finetune": "trial", "exec-ensemble": "agent"}
-    assert set(executors) == set(roles)
-    for name, role in roles.items():
+STEPS = {
+    "exec-prepare": "prepare",
+    "exec-search-agent": "search-agent",
+    "exec-finetune": "finetune",
+    "exec-ensemble": "ensemble",
+}
+ROLES = {"exec-prepare": "agent", "exec-search-agent": "agent", "exec-finetune": "trial", "exec-ensemble": "agent"}
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_kubernetes_settings_of_every_step(target: Target) -> None:
+    spec, executors = compiled(target)
+    assert set(executors) == set(ROLES)
+    for name, role in ROLES.items():
         pod = executors[name]
-        # The NetworkPolicies of manifests/ let only these labels reach PostgreSQL and MinIO.
-        assert pod["podMetadata"]["labels"] == {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": role}
+        # The NetworkPolicies of manifests/ let only these labels reach PostgreSQL.
+        labels = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": role}
+        if name == "exec-search-agent":  # the PodDefault that projects the KFP API token selects it
+            labels["access-ml-pipeline"] = "true"
+        assert pod["podMetadata"]["labels"] == labels
         assert pod["podMetadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
         secrets = {
             s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"): s
             for s in pod["secretAsEnv"]
         }
-        s3 = secrets["s3_secret"]
-        assert {k["secretKey"]: k["envVar"] for k in s3["keyToEnv"]} == {
-            "endpoint": "NASAGENT_S3_ENDPOINT",
-            "access_key": "NASAGENT_S3_ACCESS_KEY",
-            "secret_key": "NASAGENT_S3_SECRET_KEY",
-            "bucket": "NASAGENT_S3_BUCKET",
+        assert set(secrets) == ({"s3_secret"} if name == "exec-prepare" else {"db_secret", "s3_secret"})
+        # Kubeflow's object-store Secret (mlpipeline-minio-artifact) has exactly these two keys.
+        assert {k["secretKey"]: k["envVar"] for k in secrets["s3_secret"]["keyToEnv"]} == {
+            "accesskey": "NASAGENT_S3_ACCESS_KEY",
+            "secretkey": "NASAGENT_S3_SECRET_KEY",
         }
         if name != "exec-prepare":
             assert secrets["db_secret"]["keyToEnv"] == [{"envVar": "NASAGENT_DB", "secretKey": "url"}]
-            assert secrets["db_secret"]["optional"] is False
+        for secret in secrets.values():  # every Secret is required; 2.5 cannot even say so
+            assert secret.get("optional", False) is False and ("optional" in secret) == target.secret_optional
+        assert {"name": "POD_NAMESPACE", "fieldPath": "metadata.namespace"} in pod["fieldPathAsEnv"]
+        # A pod stuck in ImagePullBackOff (or anything else) is failed by the kubelet at its deadline.
+        assert int(pod["activeDeadlineSeconds"]) == STEP_DEADLINES[STEPS[name]]
+        if target.security_context:
+            assert pod["securityContext"] == {
+                "runAsUser": str(IMAGE_USER),
+                "runAsGroup": str(IMAGE_USER),
+                "runAsNonRoot": True,
+            }
+        else:
+            assert "securityContext" not in pod
+    agent = executors["exec-search-agent"]
+    assert {e["name"]: e["fieldPath"] for e in agent["fieldPathAsEnv"]} == {
+        "POD_NAME": "metadata.name",
+        "POD_UID": "metadata.uid",
+        "POD_NAMESPACE": "metadata.namespace",
+    }
+    # The admin's trial Job template, where nasagent.kubeflow.mounted_trial_template looks; optional.
+    assert agent["configMapAsVolume"] == [
+        {
+            "configMapNameParameter": {"componentInputParameter": "trial_template"},
+            "mountPath": "/etc/nasagent/trial-template",
+            "optional": True,
+        }
+    ]
     finetune = executors["exec-finetune"]
     assert (
         finetune["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_node_selector"
     )
     assert finetune["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "pipelinechannel--gpu_tolerations"
-    assert {e["name"]: e["fieldPath"] for e in executors["exec-search-agent"]["fieldPathAsEnv"]} == {
-        "POD_NAME": "metadata.name",
-        "POD_UID": "metadata.uid",
-        "POD_NAMESPACE": "metadata.namespace",
-    }
+    assert finetune["emptyDirMounts"] == [
+        {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "2Gi", "volumeName": "shm"}
+    ]
     containers = {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
-    assert containers["exec-finetune"]["resources"]["accelerator"] == {
+    resources = {name: c["resources"] for name, c in containers.items()}
+    assert resources["exec-finetune"]["accelerator"] == {
         "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpus_per_trial']}}",
         "resourceType": "nvidia.com/gpu",
         "type": "nvidia.com/gpu",
     }
+    # Every step has CPU and memory requests and limits (a Profile's ResourceQuota admits no pod
+    # without them); a finetune pod is sized like a default trial pod, within one GPU node.
+    kinds = ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit")
+    sizes = {name: tuple(given.get(kind) for kind in kinds) for name, given in resources.items()}
+    assert sizes == {
+        "exec-prepare": ("1", "2", "4Gi", "8Gi"),
+        "exec-search-agent": ("1", "2", "4Gi", "8Gi"),
+        "exec-finetune": ("3", "4", "10Gi", "10Gi"),
+        "exec-ensemble": ("1", "2", "4Gi", "8Gi"),
+    }
+    trial = tuple(
+        PARAMETERS[f"trial_{kind}"][1] for kind in ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    )
+    assert sizes["exec-finetune"] == trial
     images = {name: c["image"] for name, c in containers.items()}
     assert images == {
         "exec-prepare": "{{$.inputs.parameters['pipelinechannel--trainer_image']}}",
@@ -141,6 +234,27 @@ def test_kubernetes_settings_of_every_step() -> None:
     }
     for container in containers.values():  # lightweight components, run by the image's own Python and nasagent
         assert "pip install" not in " ".join(container["command"]) and "import nasagent" not in container["command"][0]
+
+
+def test_step_pods_on_kfp_2_16_meet_the_restricted_profile_where_the_pipeline_decides() -> None:
+    """Pod Security Standards, "restricted" (kubernetes.io/docs/concepts/security/pod-security-standards):
+    the fields it constrains are volume types, allowPrivilegeEscalation (false), runAsNonRoot
+    (true), runAsUser (not 0), seccompProfile.type (RuntimeDefault or Localhost), capabilities
+    (drop ALL, add at most NET_BIND_SERVICE), plus everything "baseline" forbids (privileged,
+    host namespaces, hostPath, hostPorts, added capabilities, AppArmor/SELinux overrides, /proc
+    mount, sysctls). kfp-kubernetes 2.17 lets a pipeline set runAsUser, runAsGroup and
+    runAsNonRoot (backend 2.16 only); the KFP 2.16 compiler itself sets allowPrivilegeEscalation
+    false, drops ALL capabilities and sets seccomp RuntimeDefault on every step container
+    (backend/src/v2/compiler/argocompiler/security_context.go at 2.16.0). The pipeline asks for
+    nothing baseline forbids: its only volumes are a ConfigMap and a memory emptyDir."""
+    _, executors = compiled(BY_NAME["kfp-2.16"])
+    for name, pod in executors.items():
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and int(context["runAsUser"]) > 0, name
+        volumes = {key for key in pod if key.endswith(("Volume", "Mount", "Mounts", "pvcMount"))}
+        assert volumes <= {"configMapAsVolume", "emptyDirMounts"}, name  # both allowed volume types
+        forbidden = {"hostNetwork", "hostPID", "hostIPC", "privileged", "hostPath"}
+        assert not forbidden & set(pod), name
 
 
 def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(

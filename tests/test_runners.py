@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 import multiprocessing
 import os
 import signal
@@ -33,7 +34,7 @@ from launcher_helpers import FakeClock, FakeKubernetes, FakePipelines, pod_repor
 
 from nasagent.config import SearchConfig
 from nasagent.core.networks import Network, parse_network
-from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus
+from nasagent.core.trial import Fault, TrialOutcome, TrialSpec, TrialStatus, outcome_to_json
 from nasagent.execution.base import Runner
 from nasagent.execution.cluster import LauncherSettings
 from nasagent.execution.function import FunctionRunner
@@ -55,6 +56,7 @@ ARCHS = [
     "[C(32,3,1), SM(10)]",
 ]
 NUM_CLASSES = 10
+DIVERGES: set[int] = set()  # trials whose (fake) pod reports a training that diverged
 SLACK = 5.0  # seconds a wait may overrun its timeout (a busy 2-core machine, worker restarts)
 
 
@@ -67,7 +69,8 @@ class Kit:
     trials: Callable[[int], list[TrialSpec]]
     """New trials (distinct architectures), with rows in the store where the runner needs them."""
     fail: Callable[[Runner, TrialSpec], None]
-    """Submit a trial that fails: its function raises, its worker is killed, its pod is OOMKilled."""
+    """Submit a trial whose network fails to learn: its function raises, its training crashes, its
+    pod reports a diverged training."""
     reason: str
     """Words the failed outcome's reason holds."""
     leftovers: Callable[[], int]
@@ -76,6 +79,11 @@ class Kit:
     """Before submit: this trial will not finish for at least a minute. None: the runner cannot."""
     clock: Callable[[], float] = time.monotonic
     """The time a runner's ``wait`` goes by (simulated for the cluster fakes)."""
+    kill: Callable[[Runner, TrialSpec], None] | None = None
+    """Submit a trial the machines do not run to its end: its worker is killed, its pod OOMKilled,
+    its run fails. None: nothing of the runner can die under a trial."""
+    fault: Fault | None = None
+    """The ``Fault`` of ``kill``'s infrastructure failure."""
 
 
 def known_reward(arch: Network) -> float:
@@ -154,6 +162,10 @@ def local_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
     settings = SearchConfig(dataset="digits", epochs=1).trial_settings("cpu")
     settings = dataclasses.replace(settings, data_dir=str(tmp_path))
 
+    def unbuildable(runner: Runner, spec: TrialSpec) -> None:
+        # A network the builder rejects (7 outputs for 10 classes): its training crashes.
+        runner.submit(dataclasses.replace(spec, arch="[C(8,3,1), SM(7)]"))
+
     def kill_worker(runner: Runner, spec: TrialSpec) -> None:
         runner.submit(spec)
         assert isinstance(runner, LocalRunner)
@@ -163,9 +175,11 @@ def local_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
     return Kit(
         make=lambda capacity: LocalRunner(settings, capacity, NUM_CLASSES),
         trials=numbered_trials(),
-        fail=kill_worker,
-        reason="worker process died (exit code -9)",
+        fail=unbuildable,
+        reason="trial crashed: ConfigError",
         leftovers=local_workers,
+        kill=kill_worker,
+        fault=Fault.KILLED,
     )
 
 
@@ -175,7 +189,17 @@ def cluster_db(embedded_pg: Any) -> Iterator[tuple[Store, Callable[[int, int], N
     makes its own experiment): a database per test would cost more than the tests."""
     name = f"nastest_runners_{os.getpid()}_{int(time.time())}"
     url = create_database(embedded_pg.url, name)
-    report, reporting = pod_reporter(url)
+    pod_report, reporting = pod_reporter(url)
+
+    def report(trial_id: int, attempt: int) -> None:
+        """As a trial pod reports: a network of ``DIVERGES`` fails to learn, the others are trained."""
+        if trial_id not in DIVERGES:
+            pod_report(trial_id, attempt)
+            return
+        outcome = TrialOutcome.failed(trial_id, "diverged: loss became nan at epoch 1", NUM_CLASSES, "pod")
+        with reporting.transaction() as tx:
+            tx.save_trial_result(trial_id, attempt, outcome_to_json(outcome))
+
     try:
         with Store.connect(url) as store:
             yield store, report
@@ -209,6 +233,10 @@ def kubernetes_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
             return "oom"
         return "pending" if trial in held and attempt == 1 else "succeed"
 
+    def diverge(runner: Runner, spec: TrialSpec) -> None:
+        DIVERGES.add(spec.trial_id)
+        runner.submit(spec)
+
     def make(capacity: int) -> Runner:
         apis.append(FakeKubernetes(clock, clock.sleep, script, report))
         return KubernetesRunner(
@@ -222,11 +250,13 @@ def kubernetes_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
     return Kit(
         make=make,
         trials=lambda n: running_trials(store, ARCHS[:n]),
-        fail=fail,
-        reason="OOMKilled",
+        fail=diverge,
+        reason="diverged: loss became nan",
         leftovers=lambda: sum(api.alive() for api in apis),
         hold=lambda spec: held.add(spec.trial_id),
         clock=clock,
+        kill=fail,
+        fault=Fault.KILLED,
     )
 
 
@@ -255,14 +285,20 @@ def kfp_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
         ended = ("SUCCEEDED", "FAILED", "ERROR", "SKIPPED", "CANCELED")
         return sum(run["states"][0] not in ended for client in clients for run in client.runs.values())
 
+    def diverge(runner: Runner, spec: TrialSpec) -> None:
+        DIVERGES.add(spec.trial_id)
+        runner.submit(spec)
+
     return Kit(
         make=make,
         trials=lambda n: running_trials(store, ARCHS[:n]),
-        fail=fail,
-        reason="run failed: task 'trial' failed",
+        fail=diverge,
+        reason="diverged: loss became nan",
         leftovers=running_runs,
         hold=lambda spec: held.add(spec.trial_id),
         clock=clock,
+        kill=fail,
+        fault=Fault.CRASHED,
     )
 
 
@@ -349,7 +385,7 @@ def test_wait_returns_within_about_its_timeout(kit: Kit) -> None:
     assert [o.trial_id for o in first + list(outcomes.values())] == [spec.trial_id]
 
 
-def test_a_trial_that_dies_is_a_failed_outcome_with_its_reason_and_the_runner_goes_on(kit: Kit) -> None:
+def test_a_network_that_fails_to_learn_is_a_failed_outcome_with_its_reason_and_the_runner_goes_on(kit: Kit) -> None:
     runner = kit.make(2)
     doomed, *others = kit.trials(3)
     kit.fail(runner, doomed)
@@ -359,7 +395,34 @@ def test_a_trial_that_dies_is_a_failed_outcome_with_its_reason_and_the_runner_go
     assert failed.status is TrialStatus.FAILED and kit.reason in (failed.failure or ""), failed
     assert failed.accuracy == pytest.approx(1 / NUM_CLASSES), "a failed trial is rewarded at chance"
     assert [outcomes[s.trial_id].status for s in others] == [TrialStatus.DONE, TrialStatus.DONE]
+    assert runner.in_flight == 0 and failed.fault is None
+
+
+def test_a_trial_the_machines_did_not_run_is_an_infrastructure_failure_and_the_runner_goes_on(kit: Kit) -> None:
+    """Its worker killed (the OOM killer's SIGKILL), its pod OOMKilled, its run failed: an outcome
+    carrying its ``Fault`` and no reward (NaN), which the agent never learns from."""
+    if kit.kill is None:
+        pytest.skip("nothing of this runner can die under a trial")
+    runner = kit.make(2)
+    killed, *others = kit.trials(3)
+    kit.kill(runner, killed)
+    outcomes = run_all(runner, others, submitted=[killed])
+    lost = outcomes[killed.trial_id]
+    assert lost.fault is kit.fault and math.isnan(lost.accuracy) and lost.failure, lost
+    assert [outcomes[s.trial_id].status for s in others] == [TrialStatus.DONE, TrialStatus.DONE]
     assert runner.in_flight == 0
+
+
+def test_resume_and_interrupt_leave_nothing_running_where_nothing_was_left(kit: Kit) -> None:
+    """With nothing of an earlier agent to take over, ``resume`` hands every trial back to be
+    submitted; ``interrupt`` (an agent stopped on purpose) stops what is in flight."""
+    runner = kit.make(1)
+    specs = kit.trials(2)
+    assert runner.resume(specs) == specs and runner.in_flight == 0
+    if kit.hold is not None:
+        kit.hold(specs[0])
+    runner.submit(specs[0])
+    assert runner.interrupt() == 0 and kit.leftovers() == 0
 
 
 def test_close_is_idempotent_and_the_with_block_closes(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:

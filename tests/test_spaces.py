@@ -124,15 +124,27 @@ def test_presets_ship_and_load() -> None:
     assert mnist.size_bins is None and mnist.fc_max_consecutive is None and mnist.activation == "elu"
 
 
-def test_mnist_space_uses_appendix_c_log_rules() -> None:
+def test_mnist_space_uses_appendix_c_rules() -> None:
+    # The reconstruction (README, "The MNIST space"): receptive fields 2..n/2, strides 1..ceil(f/2).
     space = MetaQNNSpace(load_space("metaqnn-mnist"), 28, 10)
     convs = {(a.kernel, a.stride) for a in space.actions(space.start) if isinstance(a, Conv)}
-    assert {k for k, _ in convs} == {7, 4, 2}  # 28/4, 28/8, 28/16 rounded
-    assert (4, 1) in convs and (4, 2) in convs and (2, 1) in convs
+    assert {k for k, _ in convs} == set(range(2, 15))
+    assert (7, 1) in convs and (7, 4) in convs and (7, 5) not in convs and (2, 2) not in convs
     # Unbinned: the state carries the exact size, FC allowed at any size.
     assert any(isinstance(a, FC) for a in space.actions(space.start))
     s, _ = space.step(space.start, 28, Pool(7, 4))
-    assert s.size == 7
+    assert s.size == 6  # floor((28 - 7) / 4) + 1
+    s, _ = space.step(space.start, 28, Conv(60, 4, 1))
+    assert s.size == 25  # no padding
+    # Table A1 read literally is still available as "log".
+    literal = MetaQNNSpace(
+        SpaceConfig.from_dict(
+            {**load_space("metaqnn-mnist").to_dict(), "conv": {"filters": [60], "kernels": "log", "strides": "log"}}
+        ),
+        28,
+        10,
+    )
+    assert {a.kernel for a in literal.actions(literal.start) if isinstance(a, Conv)} == {7, 4, 2}
 
 
 def test_user_yaml_space(tmp_path) -> None:

@@ -372,7 +372,9 @@ def test_unreachable_database_is_one_line_store_error() -> None:
 
 
 def test_lost_connection_is_a_store_error(store: Store, db_url: str) -> None:
+    # With reconnecting turned off (NASAGENT_DB_RETRY_SECONDS=0); tests/test_reconnect.py covers the default.
     exp = _experiment(store)
+    store._session.retry_seconds = 0
     conn = psycopg2.connect(db_url)
     conn.autocommit = True
     with conn.cursor() as cur:

@@ -83,7 +83,7 @@ def test_a_trial_that_crashes_in_a_pod_is_recorded_failed(
     "args, env, words",
     [
         ([], {}, "give --experiment NAME --trial-id ID"),
-        (["--experiment", "exp"], {}, "needs both --experiment and --trial-id"),
+        (["--experiment", "exp"], {}, "needs both --experiment and --trial-id"),  # exit 3: see below
         (
             ["--experiment", "exp", "--trial-id", "1", "--epochs", "2", "--arch", "[SM(10)]"],
             {},
@@ -123,5 +123,9 @@ def test_bad_input_exits_2_with_one_line(
         monkeypatch.setenv(key, value)
     code, _, err = run(capsys, *[a.replace("{trial}", str(trial_id)) for a in args])
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("nasagent: error:") and words in lines[0], err
+    # In cluster mode a configuration error exits 3 (CONFIG_ERROR_EXIT): the trial Job's
+    # podFailurePolicy fails the Job at once on it; a missing experiment or trial stays 2.
+    config_error = "--experiment" in args and "unknown experiment" not in words and "has no trial" not in words
+    assert code == (3 if config_error else 2), (code, err)
+    assert len(lines) == 1 and lines[0].startswith("nasagent: error:") and words in lines[0], err
     assert store.trial_result(trial_id) is None

@@ -29,6 +29,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--epochs", type=int, help="total epochs: rescales the schedule (default: from the dataset size)"
     )
+    parser.add_argument(
+        "--recipe",
+        default="paper",
+        choices=("paper", "plain"),
+        help="paper: §5's per-dataset preprocessing (CIFAR-10: contrast normalisation, mirroring, shifts; "
+        "SVHN: extra set if downloaded); plain: as the search (default paper)",
+    )
+    parser.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="export the model trained on the train split (best validation epoch) instead of retraining on "
+        "train + validation",
+    )
     parser.add_argument("--onnx", action="store_true", help="also export model.onnx (needs the onnx package)")
     parser.add_argument(
         "--artifacts", help="artifact store URL (default $NASAGENT_ARTIFACTS, else file://$NASAGENT_HOME/artifacts)"
@@ -68,6 +81,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             onnx=args.onnx,
             on_model=progress,
             only_rank=args.rank,
+            recipe=args.recipe,
+            refit=not args.no_refit,
         )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -17,13 +17,17 @@ Standalone mode, no database::
     nasagent trial --arch "[C(32,3,1), SM(10)]" --dataset digits --epochs 2 [--seed S] [--out result.json]
 
 trains the architecture exactly as a search with those settings would (same trial seed) and
-prints the outcome JSON. Bad input exits 2 with one line.
+prints the outcome JSON. Bad input exits 2 with one line; in cluster mode a configuration error
+(the trial's experiment config, its flags, ``NASAGENT_ATTEMPT``) exits ``CONFIG_ERROR_EXIT`` (3)
+instead, with the same one line: the trial Job's ``podFailurePolicy`` fails the Job on it at once,
+and the agent stops the search rather than retrying what no retry fixes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,20 +68,13 @@ def cmd_trial(args: argparse.Namespace) -> int:
     """Run ``nasagent trial`` in the mode its flags select; print (and write) the outcome JSON."""
     cluster = args.experiment is not None or args.trial_id is not None
     if cluster:
-        given = [f"--{name.replace('_', '-')}" for name in _STANDALONE if getattr(args, name) is not None]
-        if given:
-            raise ConfigError(
-                f"--experiment/--trial-id train the trial as its experiment says; leave out {', '.join(given)}"
-            )
-        if args.experiment is None or args.trial_id is None:
-            raise ConfigError("cluster mode needs both --experiment and --trial-id")
-        from nasagent.execution.worker import attempt_from_env, record_trial
-        from nasagent.persistence.postgres import connect
+        try:
+            outcome = cluster_trial(args)
+        except ConfigError as exc:
+            from nasagent.core.trial import CONFIG_ERROR_EXIT
 
-        with connect(args.db) as store:
-            outcome = record_trial(
-                store, args.experiment, args.trial_id, attempt_from_env(), args.device, args.data_dir
-            )
+            print(f"nasagent: error: {exc}", file=sys.stderr)
+            return CONFIG_ERROR_EXIT
     elif args.arch is not None:
         if args.db is not None:
             raise ConfigError(
@@ -98,6 +95,22 @@ def cmd_trial(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     return 0
+
+
+def cluster_trial(args: argparse.Namespace) -> TrialOutcome:
+    """Train trial ``--trial-id`` of ``--experiment`` and record it in ``trial_results``."""
+    given = [f"--{name.replace('_', '-')}" for name in _STANDALONE if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(
+            f"--experiment/--trial-id train the trial as its experiment says; leave out {', '.join(given)}"
+        )
+    if args.experiment is None or args.trial_id is None:
+        raise ConfigError("cluster mode needs both --experiment and --trial-id")
+    from nasagent.execution.worker import attempt_from_env, record_trial
+    from nasagent.persistence.postgres import connect
+
+    with connect(args.db) as store:
+        return record_trial(store, args.experiment, args.trial_id, attempt_from_env(), args.device, args.data_dir)
 
 
 def standalone_trial(args: argparse.Namespace) -> TrialOutcome:

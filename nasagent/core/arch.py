@@ -16,7 +16,8 @@ from nasagent.errors import ConfigError
 
 @dataclass(frozen=True)
 class Conv:
-    """Convolution with ``filters`` output channels, square ``kernel``, ``stride``; SAME padding, ReLU."""
+    """Convolution with ``filters`` output channels, square ``kernel``, ``stride``; SAME padding (or VALID,
+    a space's choice: see :func:`output_size`), then the activation."""
 
     filters: int
     kernel: int
@@ -28,7 +29,8 @@ class Conv:
 
 @dataclass(frozen=True)
 class Pool:
-    """Max pooling with square ``kernel`` and ``stride`` (no padding, ceil mode as in Caffe)."""
+    """Max pooling with square ``kernel`` and ``stride``, no padding; the output size rounds down as the
+    authors' code tracks it, or up as Caffe runs it (a space's choice: see :func:`output_size`)."""
 
     kernel: int
     stride: int
@@ -151,16 +153,29 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def output_size(n: int, layer: Layer) -> int:
+POOLING_MODES = ("floor", "ceil")
+CONV_PADDINGS = ("same", "valid")
+
+
+def output_size(n: int, layer: Layer, pooling: str = "floor", padding: str = "same") -> int:
     """The spatial size (along one axis) after ``layer`` given input size ``n``, exactly as built.
 
-    Conv (SAME): ``ceil(n / s)``. Pool: ``ceil((n - k) / s) + 1``, less one if the last window
-    would start past the input (PyTorch's ceil-mode rule; it only matters when ``s > k``).
+    Conv: ``padding="same"`` gives ``ceil(n / s)``; ``"valid"`` (no padding) ``floor((n - k) / s) + 1``,
+    below 1 when the kernel is larger than the input. Pool, ``pooling="floor"`` (the default):
+    ``floor((n - k) / s) + 1``, the authors' ``ceil((n - k + 1) / s)`` (their ``_calc_new_image_size``)
+    and PyTorch's default. ``pooling="ceil"``: ``ceil((n - k) / s) + 1``, less one if the last window
+    would start past the input: what Caffe, the paper's framework, executes (PyTorch's ``ceil_mode``).
     FC, GAP and SM leave the size unchanged (they end the spatial part of the network).
     """
+    if pooling not in POOLING_MODES or padding not in CONV_PADDINGS:
+        raise ConfigError(f"pooling must be floor|ceil and padding same|valid, got {pooling!r}, {padding!r}")
     if isinstance(layer, Conv):
+        if padding == "valid":
+            return (n - layer.kernel) // layer.stride + 1
         return -(-n // layer.stride)
     if isinstance(layer, Pool):
+        if pooling == "floor":
+            return (n - layer.kernel) // layer.stride + 1
         out = -(-(n - layer.kernel) // layer.stride) + 1
         if (out - 1) * layer.stride >= n:
             out -= 1

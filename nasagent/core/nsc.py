@@ -24,12 +24,15 @@ part of the value so the trainer can check it against the data (``net.terminal.c
 
 How a network is built (§4.1.1-4.1.2), and shape rules shared with :meth:`NSCNetwork.shapes`:
 
-* convolution: a pre-activation convolutional cell, ReLU -> k x k SAME convolution with 32
-  filters and stride 1 -> batch normalisation (the paper's footnote 2 order);
-* max pooling: window k, stride k, SAME padding (output ``ceil(n / k)``), as the authors' code
-  (Keras ``MaxPool2D(padding="same")``); average pooling: window k, stride k, VALID padding (output
-  ``floor(n / k)``), as Keras' default ``AveragePooling2D``. An average pooling whose window is
-  larger than its input makes the network *invalid* (environment rule (e));
+* convolution: a pre-activation convolutional cell, ReLU -> k x k convolution with 32 filters and
+  stride 1 -> batch normalisation (the paper's footnote 2 order);
+* max pooling and average pooling: window k, stride k;
+* padding, ``padding="valid"`` (the default): none anywhere, as the authors' Keras code (``Conv2D``,
+  ``MaxPool2D`` and ``AveragePooling2D`` with Keras' default ``padding="valid"``): a convolution
+  gives ``n - k + 1``, a pooling ``floor(n / k)``, and a layer whose window is larger than its
+  input makes the network *invalid* (environment rule (e): their builder raises and the network
+  earns 0). ``padding="same"``: convolutions keep the size, max pooling pads to ``ceil(n / k)``,
+  average pooling stays VALID (only it can make a network invalid);
 * addition and concatenation zero-pad the smaller input (centred, the odd pixel after) to the
   larger height/width -- addition also pads channels -- then add or concatenate channels;
 * leaves (layers no other layer reads) are concatenated, in index order, with the same padding;
@@ -57,6 +60,8 @@ NUM_TYPES = 8
 CONV_FILTERS = 32
 HEAD_UNITS = 1024
 HEAD_DROPOUT = 0.4
+PADDINGS = ("valid", "same")
+"""``valid``: the authors' code (Keras' default, no padding); ``same``: size-keeping convolutions."""
 
 _NAMES = {CONV: "conv", MAX_POOL: "max-pool", AVG_POOL: "avg-pool", ADD: "add", CONCAT: "concat"}
 
@@ -180,19 +185,34 @@ class NSCNetwork:
         """True when every layer reads the one before it and nothing merges (a chain-structured network)."""
         return all(not layer.is_merge and layer.pred1 == layer.index - 1 for layer in self.layers)
 
-    def shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
-        """(C, H, W) of the input (position 0) and of every layer, then of the merged leaves (last).
+    def shapes(self, input_shape: tuple[int, int, int], padding: str = "valid") -> list[tuple[int, int, int]]:
+        """(C, H, W) of the input (position 0) and of every layer, then of the merged leaves (last),
+        with ``padding`` ``"valid"`` (the authors' code) or ``"same"`` (see the module docstring).
 
-        Raises ``ConfigError`` when the network is invalid for this input: an average pooling whose
-        window is larger than its input.
+        Raises ``ConfigError`` when the network is invalid for this input: a window larger than its
+        input (VALID), or an average pooling larger than its input (SAME).
         """
+        if padding not in PADDINGS:
+            raise ConfigError(f"NSC padding must be one of {PADDINGS}, got {padding!r}")
+        valid = padding == "valid"
         out: list[tuple[int, int, int]] = [tuple(int(v) for v in input_shape)]  # type: ignore[list-item]
         for layer in self.layers:
             c, h, w = out[layer.pred1]
+            if valid and layer.type in KERNELS and layer.kernel > min(h, w):
+                kind = _NAMES[layer.type]
+                raise ConfigError(
+                    f"layer {layer.index} of {self}: {kind} {layer.kernel}x{layer.kernel} without padding "
+                    f"of a {h}x{w} representation"
+                )
             if layer.type == CONV:
-                out.append((CONV_FILTERS, h, w))
+                out.append(
+                    (CONV_FILTERS, h - layer.kernel + 1, w - layer.kernel + 1) if valid else (CONV_FILTERS, h, w)
+                )
             elif layer.type == MAX_POOL:
-                out.append((c, -(-h // layer.kernel), -(-w // layer.kernel)))
+                if valid:
+                    out.append((c, h // layer.kernel, w // layer.kernel))
+                else:
+                    out.append((c, -(-h // layer.kernel), -(-w // layer.kernel)))
             elif layer.type == AVG_POOL:
                 if layer.kernel > min(h, w):
                     raise ConfigError(
@@ -208,10 +228,10 @@ class NSCNetwork:
         out.append((sum(s[0] for s in leaves), max(s[1] for s in leaves), max(s[2] for s in leaves)))
         return out
 
-    def is_valid(self, input_shape: tuple[int, int, int]) -> bool:
+    def is_valid(self, input_shape: tuple[int, int, int], padding: str = "valid") -> bool:
         """Whether the network can be built for inputs of ``input_shape`` (see :meth:`shapes`)."""
         try:
-            self.shapes(input_shape)
+            self.shapes(input_shape, padding)
         except ConfigError:
             return False
         return True
@@ -229,6 +249,7 @@ __all__ = [
     "LAYER_TYPES",
     "MAX_KERNEL",
     "MAX_POOL",
+    "PADDINGS",
     "NSCLayer",
     "NSCNetwork",
     "NUM_TYPES",

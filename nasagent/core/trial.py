@@ -1,4 +1,15 @@
-"""What a trial is between the agent and a runner: its spec going out, its outcome coming back."""
+"""What a trial is between the agent and a runner: its spec going out, its outcome coming back.
+
+An outcome is one of two kinds (docs/cluster.md, "Faults"):
+
+- an architecture result: the network was trained, or it failed to learn (diverged through the
+  restarts, no better than chance, its model does not fit in the GPU's memory). Its accuracy is
+  the reward, the chance-level one for a failure, as in the paper;
+- an infrastructure failure (``TrialOutcome.fault`` is set): the machines did not run the trial
+  to its end (never scheduled, preempted, evicted, node lost, image not pullable, API errors,
+  quota or admission refusals, a worker killed by a signal or the host's OOM killer). It says
+  nothing about the architecture: the agent never learns from it, and trains the trial again.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +33,47 @@ class TrialStatus(str, Enum):
         return self.value
 
 
+class Fault(str, Enum):
+    """Why the machines failed to run a trial (an infrastructure failure); the value is what the
+    ``infra_failures.fault`` column holds."""
+
+    UNSCHEDULABLE = "unschedulable"
+    """No node took the trial within ``--pending-timeout`` (no free GPU, quota on pods, admission)."""
+    PREEMPTED = "preempted"
+    """The pod was preempted (``DisruptionTarget``: ``PreemptionByScheduler``)."""
+    EVICTED = "evicted"
+    """The pod was evicted: node pressure, a drain (the eviction API), a graceful node shutdown."""
+    NODE_LOST = "node-lost"
+    """The pod's node went away (``DeletionByTaintManager``, ``DeletionByPodGC``)."""
+    IMAGE_PULL = "image-pull"
+    """The trial image cannot be pulled: no retry helps, the search stops."""
+    ADMISSION = "admission"
+    """The API refused the trial for now: a ResourceQuota is exhausted (403 exceeded quota)."""
+    API = "api"
+    """The cluster API failed (5xx, timeouts, unreachable) while the trial was started or watched."""
+    KILLED = "killed"
+    """The trial's process was killed: a signal, the host's OOM killer, a container memory limit."""
+    CRASHED = "crashed"
+    """The trial's process ended without a result: an exit code other than the trial's own
+    (the database or data unreachable from the pod), or a finished Job that reported nothing."""
+    TIMEOUT = "timeout"
+    """The trial ran longer than ``--trial-timeout`` (time lost to preemptions counts too)."""
+    DELETED = "deleted"
+    """Someone else deleted the trial's Job or canceled its run."""
+    AGENT = "agent"
+    """The agent stopped (killed, crashed, terminated) while the trial was in flight and its work
+    could not be taken over: the resumed agent trains it again."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CONFIG_ERROR_EXIT = 3
+"""The exit code of ``nasagent trial`` (cluster mode) for a configuration error that no retry
+fixes: the trial Job's ``podFailurePolicy`` fails the Job at once on it, and the agent stops the
+search with the trial's message instead of retrying."""
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """A trial handed to a runner: which architecture, under which record, with which seed."""
@@ -43,11 +95,22 @@ class TrialOutcome:
     train_seconds: float | None = None
     worker: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    fault: Fault | None = None
+    """Set for an infrastructure failure (``infrastructure_failure``): not a result, never a reward."""
 
     @classmethod
     def failed(cls, trial_id: int, reason: str, num_classes: int, worker: str | None = None) -> TrialOutcome:
-        """A trial that could not finish: chance-level reward, so the search goes on."""
+        """An architecture that failed to learn (its training diverged, crashed or ran out of GPU
+        memory): the paper's chance-level reward, so the search goes on."""
         return cls(trial_id, TrialStatus.FAILED, 1.0 / num_classes, failure=reason, worker=worker)
+
+    @classmethod
+    def infrastructure_failure(
+        cls, trial_id: int, fault: Fault, reason: str, worker: str | None = None
+    ) -> TrialOutcome:
+        """The machines did not run the trial to its end (see ``Fault``): the agent requeues it.
+        Its accuracy is NaN: it is no reward, and no comparison can mistake it for one."""
+        return cls(trial_id, TrialStatus.FAILED, float("nan"), failure=reason, worker=worker, fault=fault)
 
 
 def trial_seed(experiment_seed: int, digest: str) -> int:
@@ -65,4 +128,6 @@ def outcome_from_json(data: dict[str, Any]) -> TrialOutcome:
     known = {f.name for f in dataclasses.fields(TrialOutcome)}
     values = {k: v for k, v in data.items() if k in known}
     values["status"] = TrialStatus(values["status"])
+    if values.get("fault") is not None:
+        values["fault"] = Fault(values["fault"])
     return TrialOutcome(**values)

@@ -17,8 +17,21 @@ offset by one, "down" raises it. Both start on the newest layer (the input when 
 
 **Termination** (§4.2.3): (a) a pointer leaves ``{0..n}`` after the action; (b) the action is the
 terminal; (c) the state holds d NSC rows (the terminal row counts, as in the authors' code);
-(d) the episode has taken τ actions; (e) the new layer makes the network invalid (an average
-pooling larger than its input). :attr:`Step.rules` lists every rule that fired.
+(d) the episode has taken τ actions; (e) the new layer makes the network invalid (a window
+larger than its input: see ``padding`` below). :attr:`Step.rules` lists every rule that fired.
+
+**Padding** (``NSCSpace.padding``). ``"valid"`` (default) is the authors' code: Keras layers with
+their default ``padding="valid"``, so every convolution of kernel k shrinks the map by k - 1 and
+every pooling divides it, and a window larger than its input fails to build (their reward code
+catches the error: reward 0, episode over). On 28x28 images a chain of convolutions reaches rule (e)
+after a handful of layers, as in the paper. ``"same"`` keeps convolutions' sizes; only an average
+pooling can then be invalid, so rule (e) almost never fires.
+
+**Evaluation** (§4.1.2, §6.1): a network's accuracy is that of its *final* epoch after ``EPOCHS``
+(12, BlockQNN's value) epochs with Adam and the lr × 0.2 every 5 epochs, with no restarts: the
+authors' trainer runs a fixed number of steps and evaluates once. This is how the searchers of
+:mod:`nasagent.strategies.env_driver` have their networks trained unless told otherwise
+(``--option score=best``, ``--option restarts=true``, ``--epochs``).
 
 **Reward** (Algorithm 1): the accuracy of the network of the new state; a pointer shift earns σ
 times it (the network did not change). As in the authors' code, a shift that sends a pointer out
@@ -53,6 +66,7 @@ from nasagent.core.nsc import (
     MAX_KERNEL,
     MAX_POOL,
     NUM_TYPES,
+    PADDINGS,
     TERMINAL,
     NSCLayer,
     NSCNetwork,
@@ -69,6 +83,8 @@ LAYER_ACTIONS: tuple[tuple[int, int], ...] = (
     (AVG_POOL, 2),
     (AVG_POOL, 3),
 )
+EPOCHS = 12
+"""Training epochs per network in the paper's environment (§6.1, "the value used in BlockQNN")."""
 A_TERMINAL, A_ADD, A_CONCAT = 7, 8, 9
 A_P1_UP, A_P1_DOWN, A_P2_UP, A_P2_DOWN = 10, 11, 12, 13
 CHAIN_ACTIONS, MULTI_BRANCH_ACTIONS = 8, 14
@@ -105,10 +121,14 @@ class NSCSpace:
     """14 actions with merges and pointers instead of the 8 chain-structured ones."""
     sigma: float = 0.1
     """σ: a pointer shift's reward is σ times the accuracy (§6.2 tried 0.0 and 0.1)."""
+    padding: str = "valid"
+    """``valid``: no padding, as the authors' code; ``same``: size-keeping convolutions (module docstring)."""
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.tau < 1:
             raise ConfigError(f"depth and tau must be at least 1, got {self.depth} and {self.tau}")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
         if not 0.0 <= self.sigma <= 1.0:
             raise ConfigError(f"sigma must be in [0, 1], got {self.sigma}")
         if self.num_classes < 1 or len(self.input_shape) != 3:
@@ -239,7 +259,7 @@ def step(space: NSCSpace, state: NSCState, action: int) -> Step:
             layer = NSCLayer(n + 1, kind_, kernel, p1, 0)
         after = NSCState(state.layers + (layer,), False, state.shift1, state.shift2, state.steps + 1)
         kind, scale = "layer", 1.0
-        if not after.network(space.num_classes).is_valid(space.input_shape):
+        if not after.network(space.num_classes).is_valid(space.input_shape, space.padding):
             rules.append("e")
             scale = 0.0
     if after.rows >= space.depth:
@@ -358,6 +378,7 @@ __all__ = [
     "A_P2_UP",
     "A_TERMINAL",
     "CHAIN_ACTIONS",
+    "EPOCHS",
     "LAYER_ACTIONS",
     "MULTI_BRANCH_ACTIONS",
     "NASEnv",

@@ -19,12 +19,18 @@ class Runner(ABC):
 
     - ``capacity`` is at least 1 and does not change.
     - Every submitted trial yields exactly one ``TrialOutcome`` from ``wait``, carrying its
-      ``trial_id``: none lost, none twice. A trial whose training crashed or whose worker, process
-      or pod died yields a failed outcome (``TrialOutcome.failed``) with the reason, and the
-      runner goes on with the other trials.
+      ``trial_id``: none lost, none twice. A trial whose network failed to learn (its training
+      diverged or crashed, its model did not fit in GPU memory) yields a failed outcome
+      (``TrialOutcome.failed``, the paper's chance-level reward) with the reason. A trial that the
+      machines did not run to its end (its worker was killed by a signal or the OOM killer, its
+      pod was preempted, evicted or never scheduled, ...) yields an infrastructure failure
+      (``TrialOutcome.infrastructure_failure``, with its ``Fault``), which the agent never learns
+      from: it trains the trial again. Either way the runner goes on with the other trials.
     - ``in_flight`` counts the trials submitted whose outcome ``wait`` has not returned yet.
     - ``wait(timeout)`` returns within about ``timeout`` seconds, also when nothing finishes.
-    - ``close`` may be called more than once.
+    - ``close`` may be called more than once, and leaves nothing running.
+    - ``resume`` and ``interrupt`` have defaults that take nothing over and leave nothing running;
+      a cluster runner overrides them so that no finished GPU work is lost (docs/cluster.md, "Faults").
 
     A working runner that trains nothing: it scores each trial with a function as soon as it is
     submitted, in the agent's thread (``FunctionRunner`` does the same with a W-deep queue)::
@@ -98,6 +104,28 @@ class Runner(ABC):
         Called once the search ends or stops, through the ``with`` block, after which the agent
         calls nothing else; an outer cleanup may call it again, so a second call must do nothing.
         """
+
+    def resume(self, specs: list[TrialSpec]) -> list[TrialSpec]:
+        """Take over the trials an earlier agent of the experiment left in flight; return the others.
+
+        The agent calls this once, before its first ``submit``, with every trial the store shows
+        as running. A runner whose trials can outlive the agent (a cluster Job) finds theirs and
+        waits for them: each one it takes over counts in ``in_flight`` and yields its outcome from
+        ``wait`` as a submitted one does (even beyond ``capacity``), and it stops what it finds of
+        trials not in ``specs``. The agent submits the trials returned again. Default: none.
+        """
+        return list(specs)
+
+    def interrupt(self) -> int:
+        """The agent got SIGTERM or SIGINT and is about to exit without finishing the search.
+
+        Stop the trials in flight, as ``close`` does, unless they can outlive the agent and the
+        agent is only being moved (its pod is being drained or preempted): then leave them for the
+        next agent to take over (``resume``). Returns how many trials were left running. Default:
+        ``close``, nothing left.
+        """
+        self.close()
+        return 0
 
     def __enter__(self) -> Runner:
         return self

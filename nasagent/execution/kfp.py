@@ -12,14 +12,26 @@ tolerations, ``activeDeadlineSeconds`` = ``--trial-timeout`` and the experiment'
 multi-user Kubeflow the Secrets must live in the profile's namespace.
 
 The launcher polls each run's state (one ``get_run`` per run every ``poll_seconds``):
-SUCCEEDED hands over the reported outcome; FAILED, ERROR and SKIPPED are retried up to
-``--max-retries`` times; a run still PENDING after ``--pending-timeout`` or RUNNING longer than
-``--trial-timeout`` is terminated and retried; a run CANCELED by someone in the UI is recorded as
-failed at once. (KFP does not expose pod phases: a pod waiting for a GPU inside a RUNNING run is
+SUCCEEDED hands over the reported outcome (the architecture's result). Everything else is an
+infrastructure failure (the component records its training's own failures as results, so a run
+that fails did not get to train): FAILED, ERROR and SKIPPED are retried up to ``--max-retries``
+times; a run still PENDING after ``--pending-timeout`` or RUNNING longer than ``--trial-timeout``
+is terminated and retried; a run CANCELED by someone in the UI goes back to the agent at once.
+After the retries the agent requeues the trial without learning from it (docs/cluster.md,
+"Faults"). (KFP does not expose pod phases: a pod waiting for a GPU inside a RUNNING run is
 caught by the trial timeout.)
 
+Runs outlive the agent: an agent that starts on an experiment takes over the runs of its trials
+in flight, found in the KFP experiment by their names (``resume``), and terminates the others.
+On SIGTERM or SIGINT it terminates its runs (``close``).
+
 The KFP server is reached through ``PipelineClient``, a small interface over ``kfp.Client``;
-``KfpClient`` is the real one (``connect_kfp``).
+``KfpClient`` is the real one (``connect_kfp``). In multi-user Kubeflow the agent's pod
+authenticates with the token the PodDefault ``access-ml-pipeline`` projects (audience
+``pipelines.kubeflow.org``; ``manifests/overlays/kubeflow/poddefault-access-ml-pipeline.yaml``)
+into pods labelled ``access-ml-pipeline: "true"``, which the search pipeline's agent step is.
+The trial pipeline marks the S3 Secret optional, a field the KFP backend parses from 2.15 on
+(Kubeflow 1.11); ``tests/test_support_matrix.py`` shows which backends accept it.
 
 No ``from __future__ import annotations`` here: KFP reads the component's parameter annotations
 (``Output[Metrics]``) at decoration time and cannot resolve them from strings.
@@ -27,8 +39,10 @@ No ``from __future__ import annotations`` here: KFP reads the component's parame
 
 import logging
 import os
+import re
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,18 +51,31 @@ from kfp import compiler, dsl
 from kfp import kubernetes as kfp_kubernetes
 from kfp.dsl import Artifact, Metrics, Output
 
-from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus
+from nasagent.core.trial import Fault, TrialOutcome, TrialSpec
 from nasagent.errors import AttemptError, ClusterError, PipelineApiError
-from nasagent.execution.cluster import DB_SECRET, S3_ENV, S3_SECRET, Attempt, ClusterRunner, LauncherSettings
+from nasagent.execution.cluster import (
+    DB_SECRET,
+    S3_ENV,
+    S3_SECRET,
+    Attempt,
+    ClusterRunner,
+    LauncherSettings,
+    Leftover,
+)
 from nasagent.execution.kubernetes import GPU_RESOURCE, trial_labels
 from nasagent.persistence.postgres import Store
 
 log = logging.getLogger(__name__)
 
 IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 KFP_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-SERVICE_ACCOUNT_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE_ACCOUNT_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+ACCESS_LABEL = "access-ml-pipeline"
+"""The label a pod needs for the PodDefault that projects its KFP API token."""
 _PERMANENT = (400, 401, 403, 404)
+# Run states after which a run does nothing more.
+FINISHED_STATES = ("SUCCEEDED", "FAILED", "ERROR", "SKIPPED", "CANCELING", "CANCELED")
 
 
 def nasagent_trial(
@@ -137,6 +164,9 @@ class PipelineClient(Protocol):
     def terminate_run(self, run_id: str) -> None:
         """Stop a run."""
 
+    def list_runs(self, experiment_id: str) -> list[tuple[str, str, str, str]]:
+        """(run id, run name, state, created at as ISO text) of every run in the KFP experiment."""
+
 
 class KfpClient:
     """``PipelineClient`` on ``kfp.Client``; ``namespace`` is the user namespace in multi-user KFP."""
@@ -181,23 +211,59 @@ class KfpClient:
     def terminate_run(self, run_id: str) -> None:
         self._call("terminating run", lambda: self.client.terminate_run(run_id))
 
+    def list_runs(self, experiment_id: str) -> list[tuple[str, str, str, str]]:
+        runs: list[tuple[str, str, str, str]] = []
+        token = ""
+        while True:
+            page = self._call(
+                "listing runs",
+                lambda token=token: self.client.list_runs(
+                    page_token=token, page_size=100, experiment_id=experiment_id, namespace=self.namespace
+                ),
+            )
+            runs += [
+                (str(r.run_id), str(r.display_name), str(r.state or ""), _iso(r.created_at)) for r in page.runs or []
+            ]
+            token = page.next_page_token or ""
+            if not token:
+                return runs
 
-def kfp_token_path(environ: dict[str, str] | None = None) -> str | None:
-    """The token file for the KFP API: ``KF_PIPELINES_SA_TOKEN_PATH``, else the projected KFP
-    token (``/var/run/secrets/kubeflow/pipelines/token``), else the pod's service account token.
-    None outside a pod."""
-    environ = dict(os.environ) if environ is None else environ
-    for path in (environ.get("KF_PIPELINES_SA_TOKEN_PATH"), KFP_TOKEN_PATH, SERVICE_ACCOUNT_TOKEN_PATH):
-        if path and Path(path).is_file():
-            return path
-    return None
+
+def _iso(moment: Any) -> str:
+    """A run's creation time as sortable text (the client gives a datetime, or nothing)."""
+    return moment.isoformat() if hasattr(moment, "isoformat") else str(moment or "")
+
+
+def kfp_token_path() -> str:
+    """Where ``kfp.Client`` reads its KFP API token in a pod: ``$KF_PIPELINES_SA_TOKEN_PATH``, else
+    ``/var/run/secrets/kubeflow/pipelines/token`` (kfp 2.17: ``kfp.client.KF_PIPELINES_SA_TOKEN_ENV``
+    and ``KF_PIPELINES_SA_TOKEN_PATH``). The PodDefault ``access-ml-pipeline`` projects a service
+    account token with the audience ``pipelines.kubeflow.org`` there."""
+    return os.environ.get(TOKEN_PATH_ENV) or KFP_TOKEN_PATH
+
+
+def pod_namespace() -> str | None:
+    """This pod's namespace (``$POD_NAMESPACE``, else its service account's namespace file); None outside a pod."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    path = Path(SERVICE_ACCOUNT_NAMESPACE_PATH)
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8").strip() or None
 
 
 def connect_kfp(host: str | None, namespace: str | None) -> KfpClient:
-    """A ``KfpClient`` for ``host`` (``--kfp-host``), else ``KF_PIPELINES_ENDPOINT``, else the
-    in-cluster service (when in a pod), else what kubeconfig reaches. In a pod the token file
-    (``kfp_token_path``) is re-read on every request, as ``kfp.Client`` does for its own
-    in-cluster default, because projected tokens expire. ClusterError if KFP cannot be reached."""
+    """A ``KfpClient`` for ``host`` (``--kfp-host``), else ``$KF_PIPELINES_ENDPOINT``, else the
+    in-cluster service (in a pod), else what kubeconfig reaches; runs go into ``namespace``, else
+    this pod's namespace.
+
+    Authenticates the way multi-user Kubeflow supports for pods: with the token the PodDefault
+    ``access-ml-pipeline`` projects (``kfp_token_path``), re-read on every request because it
+    expires. The pod's own service account token is never sent: its audience is the Kubernetes
+    API, which the KFP API server's TokenReview (audience ``pipelines.kubeflow.org``) rejects.
+    ClusterError if KFP cannot be reached, or if it is multi-user (its healthz says so) and there
+    is no token.
+    """
     import kfp
     from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
@@ -206,13 +272,24 @@ def connect_kfp(host: str | None, namespace: str | None) -> KfpClient:
         or os.environ.get("KF_PIPELINES_ENDPOINT")
         or (IN_CLUSTER_HOST if os.environ.get("KUBERNETES_SERVICE_HOST") else None)
     )
+    where = host or "the kubeconfig cluster"
     token = kfp_token_path()
-    credentials = ServiceAccountTokenVolumeCredentials(token) if token else None
+    credentials = ServiceAccountTokenVolumeCredentials(token) if Path(token).is_file() else None
+    namespace = namespace or pod_namespace()
     try:
-        client = kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials)
+        with warnings.catch_warnings():  # "only works with Kubeflow Pipeline v2.0.0-beta.2 and later"
+            warnings.filterwarnings("ignore", category=FutureWarning, module="kfp.client")
+            client = kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials)
+        multi_user = bool(client.get_kfp_healthz().multi_user)
     except Exception as exc:  # kfp.Client raises anything from TimeoutError to urllib3 errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ClusterError(f"cannot reach Kubeflow Pipelines at {host or 'the kubeconfig cluster'}: {first}") from None
+        raise ClusterError(f"cannot reach Kubeflow Pipelines at {where}: {first}") from None
+    if multi_user and credentials is None:
+        raise ClusterError(
+            f"Kubeflow Pipelines at {where} is multi-user and this pod has no KFP token at {token}: "
+            f"label the pod {ACCESS_LABEL}=true and create the PodDefault {ACCESS_LABEL} in its namespace "
+            "(manifests/overlays/kubeflow/poddefault-access-ml-pipeline.yaml)"
+        )
     return KfpClient(client, namespace)
 
 
@@ -250,7 +327,23 @@ class KfpRunner(ClusterRunner):
         except PipelineApiError as exc:
             if exc.status in _PERMANENT:
                 raise ClusterError(f"KFP refused the trial run: {exc}") from None
-            raise AttemptError(str(exc)) from None
+            raise AttemptError(str(exc), Fault.API) from None
+
+    def _leftovers(self) -> list[Leftover]:
+        try:
+            runs = self.client.list_runs(self.experiment_id)
+        except PipelineApiError as exc:
+            raise ClusterError(
+                f"cannot list the runs of the KFP experiment {self.settings.experiment!r}: {exc}"
+            ) from None
+        named = re.compile(re.escape(self.settings.experiment) + r" trial (\d+) attempt (\d+)")
+        leftovers = []
+        for run_id, name, state, created in runs:
+            match = named.fullmatch(name)
+            if match:
+                finished, succeeded = state.upper() in FINISHED_STATES, state.upper() == "SUCCEEDED"
+                leftovers.append(Leftover(int(match[1]), int(match[2]), run_id, finished, succeeded, created))
+        return leftovers
 
     def _stop(self, attempt: Attempt) -> None:
         try:
@@ -261,16 +354,17 @@ class KfpRunner(ClusterRunner):
     def wait(self, timeout: float) -> list[TrialOutcome]:
         deadline = self.clock() + timeout
         while True:
+            next_start = self._start_due()
             now = self.clock()
             for attempt in list(self._active.values()):
                 if attempt.next_poll <= now:
                     self._poll(attempt, now)
-            if self._done or not self._active:
+            if self._done or not (self._active or self._delayed):
                 return self._take_done()
             now = self.clock()
             if now >= deadline:
                 return []
-            wake = min([a.next_poll for a in self._active.values()] + [deadline])
+            wake = min([a.next_poll for a in self._active.values()] + [deadline, next_start or deadline])
             self.sleep(max(0.0, wake - now))
 
     def _poll(self, attempt: Attempt, now: float) -> None:
@@ -284,11 +378,11 @@ class KfpRunner(ClusterRunner):
         if state == "SUCCEEDED":
             self._succeeded(attempt)
         elif state in ("FAILED", "ERROR"):
-            self._failed(attempt, f"run failed: {error or 'KFP gave no error message'}")
+            self._failed(attempt, f"run failed: {error or 'KFP gave no error message'}", fault=Fault.CRASHED)
         elif state == "SKIPPED":
-            self._failed(attempt, "run skipped")
+            self._failed(attempt, "run skipped", fault=Fault.CRASHED)
         elif state in ("CANCELING", "CANCELED"):
-            self._failed(attempt, "run canceled in KFP", retry=False)
+            self._failed(attempt, "run canceled in KFP", fault=Fault.DELETED, retry=False)
         elif state in ("RUNNING", "PAUSED"):
             if attempt.running_since is None:
                 attempt.running_since = now
@@ -296,12 +390,14 @@ class KfpRunner(ClusterRunner):
                 self._failed(
                     attempt,
                     f"timed out: the run ran longer than --trial-timeout {self.settings.trial_timeout}s",
+                    fault=Fault.TIMEOUT,
                     stop=True,
                 )
         elif now - attempt.started > self.settings.pending_timeout:
             self._failed(
                 attempt,
                 f"pending for more than --pending-timeout {self.settings.pending_timeout}s (run state {state})",
+                fault=Fault.UNSCHEDULABLE,
                 stop=True,
             )
 

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +19,34 @@ from nasagent.config import SearchConfig
 from nasagent.core.networks import parse_network
 from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_to_json, trial_seed
 from nasagent.errors import ConfigError, StoreError
+from nasagent.execution.epochs import EpochRecorder
 from nasagent.persistence.embedded import nasagent_home
 from nasagent.persistence.postgres import Store
 from nasagent.training.checkpoints import save_trial_checkpoint
 from nasagent.training.data import DataBundle
 from nasagent.training.settings import TrialSettings
-from nasagent.training.trainer import train_architecture
+from nasagent.training.trainer import EpochMetrics, train_architecture
 
 ATTEMPT_ENV = "NASAGENT_ATTEMPT"
 """The attempt number a cluster launcher gives a trial pod (1, 2, ... as it retries)."""
 
 
-def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker: str | None = None) -> TrialOutcome:
-    """Train one architecture and turn the result into an outcome. Never raises for a bad network."""
+def run_trial(
+    spec: TrialSpec,
+    data: DataBundle,
+    settings: TrialSettings,
+    worker: str | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TrialOutcome:
+    """Train one architecture and turn the result into an outcome. Never raises for a bad network.
+    ``on_epoch`` sees every epoch as it ends (``run_trial_or_fail`` records them in the store)."""
     arch = parse_network(spec.arch)
     started = time.perf_counter()
     config = dataclasses.replace(settings.train, seed=spec.seed)
     keep = settings.artifacts is not None and settings.experiment is not None
-    result = train_architecture(arch, data, config, settings.build, keep_weights=keep)
+    result = train_architecture(arch, data, config, settings.build, keep_weights=keep, on_epoch=on_epoch)
     info: dict[str, Any] = {"epochs_run": result.epochs_run, "restarts": result.restarts, "history": result.history}
+    info["input_shape"] = list(data.input_shape)  # the dashboard's layer table sizes each layer from it
     if keep:
         error = save_trial_checkpoint(settings, spec, data, result)
         if error:
@@ -54,12 +64,22 @@ def run_trial(spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker
 
 
 def run_trial_or_fail(
-    spec: TrialSpec, data: DataBundle, settings: TrialSettings, worker: str | None = None
+    spec: TrialSpec,
+    data: DataBundle,
+    settings: TrialSettings,
+    worker: str | None = None,
+    store: Store | None = None,
+    run: int = 1,
 ) -> TrialOutcome:
     """``run_trial``, with a crash (a bug, a network the builder rejects late) turned into a failed
-    outcome: a trial must always end as a recorded outcome, never take its worker or pod down."""
+    outcome: a trial must always end as a recorded outcome, never take its worker or pod down.
+
+    With a ``store`` (local workers and trial pods alike) every epoch is written to it as it ends
+    (``EpochRecorder``; ``run``: the launcher's attempt); a store refusing that is a StoreError
+    before training, the deployment's fault, never the architecture's."""
+    on_epoch = EpochRecorder(store, spec.trial_id, run) if store is not None else None
     try:
-        return run_trial(spec, data, settings, worker=worker)
+        return run_trial(spec, data, settings, worker=worker, on_epoch=on_epoch)
     except Exception as exc:
         return TrialOutcome.failed(
             spec.trial_id, f"trial crashed: {type(exc).__name__}: {exc}", data.num_classes, worker
@@ -100,7 +120,7 @@ def record_trial(
     spec = TrialSpec(trial.id, trial.arch, trial_seed(config.seed, trial.digest))
     data = settings.load_data()
     worker = os.environ.get("HOSTNAME") or socket.gethostname()  # the pod's name in Kubernetes
-    outcome = run_trial_or_fail(spec, data, settings, worker)
+    outcome = run_trial_or_fail(spec, data, settings, worker, store=store, run=attempt)
     with store.transaction() as tx:
         tx.save_trial_result(trial.id, attempt, outcome_to_json(outcome))
     return outcome

@@ -6,6 +6,8 @@ Keys are ``/``-separated paths such as ``<experiment>/checkpoints/trial-<id>.pt`
 
 * ``file:///abs/path``: files under a directory; every write goes to a temporary file that is
   then renamed, so a reader (or a process killed mid-write) never leaves a half-written artifact.
+  Files are created private to their owner (0600, folders 0700): weights and reports are the
+  user's work, not the machine's other users'.
 * ``s3://bucket/prefix``: any S3-compatible server through the ``minio`` SDK. The endpoint and
   credentials come from the environment (``NASAGENT_S3_ENDPOINT``, ``NASAGENT_S3_ACCESS_KEY``,
   ``NASAGENT_S3_SECRET_KEY``, falling back to ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``),
@@ -18,6 +20,7 @@ artifact) is an ``ArtifactError`` with a one-line message.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -110,6 +113,16 @@ class ArtifactStore(ABC):
         for key in self.list(prefix):
             self.delete(key)
 
+    def check_writable(self, prefix: str) -> None:
+        """Write and delete a small object under ``prefix`` (``<experiment>/``): ArtifactError, in one
+        line, if the store cannot take writes (read-only, no space, no permission, wrong secret).
+
+        A search calls it before its first trial, so it never trains for hours into a store that
+        cannot keep the results."""
+        key = f"{check_prefix(prefix)}.write-check-{uuid.uuid4().hex}"
+        self.put_bytes(key, b"nasagent write check\n")
+        self.delete(key)
+
     def missing(self, key: str) -> ArtifactError:
         """The error for an absent ``key``."""
         return ArtifactError(f"no artifact {key} in {self.url}")
@@ -139,12 +152,15 @@ class FileArtifactStore(ArtifactStore):
         target = self._path(key)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as out:
+            _make_private_dirs(target.parent)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "wb") as out:
                 fill(out)
             os.replace(tmp, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the name itself is unusable (too long): nothing was created
             raise self._failed("write", key, exc) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -164,11 +180,17 @@ class FileArtifactStore(ArtifactStore):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise self.missing(key) from None
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise self.missing(key) from None
             raise self._failed("read", key, exc) from None
 
     def get_file(self, key: str, path: Path) -> None:
         source = self._path(key)
-        if not source.is_file():
+        try:
+            found = source.is_file()
+        except OSError as exc:
+            raise self._failed("read", key, exc) from None
+        if not found:
             raise self.missing(key)
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -181,17 +203,27 @@ class FileArtifactStore(ArtifactStore):
             raise self._failed("copy", key, exc) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return self._path(key).is_file()
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return False  # no file can have that name
+            raise self._failed("check", key, exc) from None
 
     def list(self, prefix: str = "") -> list[str]:
         # Walk only the deepest directory the prefix names completely.
         directory = check_prefix(prefix).rpartition("/")[0]
         start = self.root.joinpath(*directory.split("/")) if directory else self.root
         keys = []
-        for path in _files_under(start):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and not _is_temporary(path.name):
-                keys.append(key)
+        try:
+            for path in _files_under(start):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and not _is_temporary(path.name):
+                    keys.append(key)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return []  # no file can have that name: there are no such keys
+            raise self._failed("list", prefix or "keys", exc) from None
         return sorted(keys)
 
     def delete(self, key: str) -> None:
@@ -201,6 +233,8 @@ class FileArtifactStore(ArtifactStore):
         except IsADirectoryError:
             return
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return  # no file can have that name: there is nothing to delete
             raise self._failed("delete", key, exc) from None
         # Remove directories left empty, so the tree mirrors the keys (as S3 "directories" do).
         parent = path.parent
@@ -213,6 +247,24 @@ class FileArtifactStore(ArtifactStore):
 
 
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """``mkdir -p`` whose new folders are all 0700 (``os.makedirs`` applies its mode to the last one only)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
 
 
 def _is_temporary(name: str) -> bool:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
 import signal
+import stat
+import struct
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nasagent.errors import StoreError
@@ -30,14 +35,16 @@ def nasagent_home() -> Path:
 def embedded_url(home: Path) -> str:
     """Start (or reattach to) the embedded PostgreSQL with pgdata in ``home / "pg"``; return its URI.
 
-    Called by ``resolve_db_url`` when no URL was given. Creates ``home`` if needed. Safe to
-    call from several processes at once (pgserver serialises start-up with a file lock).
+    Called by ``resolve_db_url`` when no URL was given, and again by a store whose connection was
+    lost (it starts the server anew if it stopped). Creates ``home`` (private: 0700) if needed.
+    Safe to call from several processes at once (pgserver serialises start-up with a file lock).
     Any failure to start becomes one StoreError line naming NASAGENT_HOME and the server log.
+    The permissions of ``home`` and its parent folders are left as they were (see ``_keep_parent_modes``).
     """
     home = Path(home).expanduser().absolute()
     pgdata = home / "pg"
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create NASAGENT_HOME {home}: {exc.strerror or exc}") from None
 
@@ -51,8 +58,13 @@ def embedded_url(home: Path) -> str:
         import pgserver
 
         try:
-            # cleanup_mode=None: the server must outlive this process (crash safety, reattach).
-            server = pgserver.get_server(pgdata, cleanup_mode=None)
+            with _keep_parent_modes(pgdata):
+                # cleanup_mode=None: the server must outlive this process (crash safety, reattach).
+                server = pgserver.get_server(pgdata, cleanup_mode=None)
+                # get_server hands back this process's cached handle without looking at the server;
+                # one stopped since (a restart, a crash) is started again here.
+                with type(server)._lock:
+                    server.ensure_postgres_running()
             return server.get_uri()
         except Exception as exc:  # pgserver raises CalledProcessError, RuntimeError, OSError...
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -65,6 +77,82 @@ def embedded_url(home: Path) -> str:
                 f"cannot start the embedded PostgreSQL in {pgdata} (NASAGENT_HOME={home}): {reason}{hint}; "
                 f"see {pgdata / 'log'}, or pass --db / NASAGENT_DB to use another server"
             ) from None
+
+
+SERVER_USER = "pgserver"
+"""The user pgserver runs PostgreSQL as when started by root (PostgreSQL refuses to run as root)."""
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+@contextmanager
+def _keep_parent_modes(pgdata: Path) -> Iterator[None]:
+    """Leave the parent folders of ``pgdata`` as they were, although pgserver opens them up.
+
+    Run as root, pgserver starts PostgreSQL as its own user and, so that this user can reach the
+    data directory, makes every parent folder readable and traversable by everyone (``chmod go+rx``
+    up to ``/``: ``/root`` included). After the block every parent gets its old mode back. Where the
+    old mode did not let the server's user pass through (``_passable``), that one user alone is
+    then let through by a POSIX ACL entry (``u:pgserver:--x``, see ``_grant_passage``): nobody else
+    gains anything (``ls -l`` shows a ``+``, and the group bits show the ACL's mask). On a file
+    system without ACLs pgserver's change stays there, since the server cannot run without it.
+    Does nothing unless run as root.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    modes = {}
+    for parent in pgdata.parents:
+        try:
+            modes[parent] = (stat.S_IMODE(parent.stat().st_mode), _passable(parent))
+        except OSError:
+            continue
+    try:
+        yield
+    finally:
+        for parent, (mode, passable) in modes.items():
+            try:
+                if stat.S_IMODE(parent.stat().st_mode) == mode:
+                    continue
+                if passable:
+                    parent.chmod(mode)
+                elif not _has_acl(parent):
+                    parent.chmod(mode)
+                    _grant_passage(parent, pwd.getpwnam(SERVER_USER).pw_uid)
+            except (OSError, KeyError):
+                pass  # no ACLs here (the mode from pgserver stays), or no server user (no server)
+
+
+def _passable(folder: Path) -> bool:
+    """Whether the server's user may pass through ``folder`` by its mode: pgserver runs it with its
+    own uid but root's group (gid 0), so a folder of group root needs ``g+x``, any other ``o+x``."""
+    info = folder.stat()
+    return bool(info.st_mode & (stat.S_IXGRP if info.st_gid == 0 else stat.S_IXOTH))
+
+
+def _has_acl(folder: Path) -> bool:
+    try:
+        os.getxattr(folder, _ACL_XATTR)
+    except OSError:
+        return False
+    return True
+
+
+def _grant_passage(folder: Path, uid: int) -> None:
+    """Let user ``uid``, and nobody else, pass through ``folder`` (search, not list), with a POSIX ACL:
+    the owner, group and others keep exactly the permissions of the folder's mode. OSError where
+    the file system has no ACLs."""
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    group = (mode >> 3) & 7
+    entries = [
+        (_ACL_USER_OBJ, (mode >> 6) & 7, _ACL_UNDEFINED_ID),
+        (_ACL_USER, 1, uid),
+        (_ACL_GROUP_OBJ, group, _ACL_UNDEFINED_ID),
+        (_ACL_MASK, group | 1, _ACL_UNDEFINED_ID),
+        (_ACL_OTHER, mode & 7, _ACL_UNDEFINED_ID),
+    ]
+    os.setxattr(folder, _ACL_XATTR, struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
 
 
 def stop_embedded(home: Path, timeout_s: float = 15.0) -> bool:
@@ -85,22 +173,31 @@ def stop_embedded(home: Path, timeout_s: float = 15.0) -> bool:
     return True
 
 
-def resolve_db_url(db: str | None) -> str:
-    """The database URL to use: ``db`` (the ``--db`` flag) wins, then env ``NASAGENT_DB``,
-    else the embedded server under ``NASAGENT_HOME`` (started if needed).
-
-    Called once per CLI command before ``Store.connect``. Empty strings count as unset.
-    A given URL must start with ``postgresql://`` or ``postgres://``, else StoreError.
-    """
+def explicit_db_url(db: str | None) -> str | None:
+    """The database URL the user named: ``db`` (the ``--db`` flag), else env ``NASAGENT_DB``;
+    None when neither is set (the embedded server is meant). Empty strings count as unset.
+    A given URL must start with ``postgresql://`` or ``postgres://``, else StoreError."""
     if db:
         url, source = db, "--db"
     elif os.environ.get("NASAGENT_DB"):
         url, source = os.environ["NASAGENT_DB"], "NASAGENT_DB"
     else:
-        return embedded_url(nasagent_home())
+        return None
     if not url.startswith(_SCHEMES):
         raise StoreError(f"{source} must be a postgresql:// URL, got {redact_url(url)!r}")
     return url
+
+
+def resolve_db_url(db: str | None) -> str:
+    """The database URL to use: ``db`` (the ``--db`` flag) wins, then env ``NASAGENT_DB``,
+    else the embedded server under ``NASAGENT_HOME`` (started if needed).
+
+    Called once per CLI command before ``Store.connect`` (``nasagent.persistence.postgres.connect``
+    does both). Empty strings count as unset. A given URL must start with ``postgresql://`` or
+    ``postgres://``, else StoreError.
+    """
+    url = explicit_db_url(db)
+    return embedded_url(nasagent_home()) if url is None else url
 
 
 def redact_url(url: str) -> str:

@@ -135,6 +135,9 @@ class Report:
     failure_reasons: list[dict[str, Any]]
     times: list[TrialTime]
     timing: dict[str, Any] = field(default_factory=dict)
+    infra_failures: list[dict[str, Any]] = field(default_factory=list)
+    """Times the machines did not run a trial to its end (never rewarded; the trial ran again)."""
+    infra_by_kind: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The numbers behind each figure and table, keyed by figure (written as ``report.json``)."""
@@ -159,6 +162,7 @@ class Report:
             "leaderboard": self.leaderboard,
             "failures": self.failures,
             "failure_reasons": self.failure_reasons,
+            "infra_failures": {"by_kind": self.infra_by_kind, "failures": self.infra_failures},
             "timing": {"summary": self.timing, "trials": [asdict(t) for t in self.times]},
         }
 
@@ -371,6 +375,18 @@ def build_report(store: Store, experiment_name: str, leaderboard_size: int = LEA
         ],
         times=times,
         timing=timing,
+        infra_failures=[
+            {
+                "trial_id": f.trial_id,
+                "arch": f.arch,
+                "fault": f.fault,
+                "reason": f.reason,
+                "worker": f.worker,
+                "at": f.created_at.isoformat(timespec="seconds"),
+            }
+            for f in store.infra_failures(experiment.id)
+        ],
+        infra_by_kind=store.infra_failure_counts(experiment.id),
     )
 
 
@@ -684,6 +700,7 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
         ]
     else:
         parts.append("<p>No trial failed.</p>")
+    parts += _infra_html(report)
     parts += [
         "<h2>Time per trial</h2>",
         _table(None, [[k, v] for k, v in report.timing.items()]),
@@ -698,6 +715,27 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
         parts.append(f"<details><summary>search space</summary><pre>{html.escape(spec)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _infra_html(report: Report) -> list[str]:
+    """The infrastructure failures, apart from the architectures' own: they were never rewarded."""
+    parts = [
+        f"<h2>Infrastructure failures ({len(report.infra_failures)})</h2>",
+        "<p>Trials the machines did not run to their end (never scheduled, preempted, evicted, a node or "
+        "worker lost, an image not pulled, API errors, an agent stopped). None of them was rewarded or "
+        "entered the replay memory: each trial was trained again.</p>",
+    ]
+    if not report.infra_failures:
+        return parts + ["<p>None.</p>"]
+    kinds = sorted(report.infra_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+    return parts + [
+        _table(["kind", "count"], [[kind, n] for kind, n in kinds], "infra-kinds"),
+        _table(
+            ["when", "trial", "kind", "reason", "where", "architecture"],
+            [[f["at"], f["trial_id"], f["fault"], f["reason"], f["worker"], f["arch"]] for f in report.infra_failures],
+            "infra-failures",
+        ),
+    ]
 
 
 def write_report(report: Report, out_dir: str | Path) -> Path:

@@ -52,6 +52,8 @@ class SearchDisplay(SearchCallback):
         parts.append(f"rewarded {p.trials_done}")
         if p.failed:
             parts.append(f"failed {p.failed}")
+        if p.infra_failures:
+            parts.append(f"requeued {p.infra_failures}")  # infrastructure failures, never rewarded
         parts.append("best " + ("-" if p.best_accuracy is None else f"{p.best_accuracy:.4f}"))
         done_here = p.unique_finished - self.start_finished
         if done_here > 0:

@@ -1,4 +1,10 @@
-"""The top-k checkpoint keeper: a search callback that prunes saved weights to the current top k."""
+"""The top-k checkpoint keeper: a search callback that prunes saved weights to the current top k.
+
+It is also the search's guard against losing weights silently: the artifact store must take a
+write before the first trial trains (``search_keeper``), and a trial whose checkpoint could not be
+saved (after the worker's retries, see ``save_trial_checkpoint``) stops the search with one line
+(``on_trial_finished``) instead of leaving a top trial without weights.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +51,16 @@ class CheckpointKeeper(SearchCallback):
         return stale
 
     def on_trial_finished(self, search: SearchView, outcome: TrialOutcome) -> None:
-        """Prune to the new top k once the trial's outcome is committed (its rank is known)."""
+        """Prune to the new top k once the trial's outcome is committed (its rank is known).
+
+        ArtifactError, stopping the search, if the trial's checkpoint could not be written: its
+        accuracy is recorded, but a search that goes on would keep losing weights unnoticed."""
+        error = outcome.info.get("checkpoint_error") if outcome.info else None
+        if error:
+            raise ArtifactError(
+                f"trial {outcome.trial_id} trained, but its checkpoint could not be saved ({error}); the search "
+                f"stopped so that no more weights are lost: fix the artifact store and run the same command to resume"
+            )
         self.keep_top(search.store, search.experiment)
 
 
@@ -53,8 +68,9 @@ def search_keeper(url: str | None, experiment: str, k: int) -> CheckpointKeeper 
     """The keeper of a search given ``--artifacts URL`` (else ``$NASAGENT_ARTIFACTS``) and ``--keep-top k``.
 
     None when neither names a store or ``k`` is 0: the search then saves no weights. The store is
-    asked for its listing once here, so a wrong URL, secret or bucket stops the search before any
-    training (ConfigError or ArtifactError, one line).
+    listed and written to (and the write deleted) once here, so a wrong URL, secret or bucket, or a
+    read-only or full store, stops the search before any training (ConfigError or ArtifactError,
+    one line).
     """
     if k < 0:
         raise ConfigError(f"--keep-top must be 0 (no checkpoints) or more, got {k}")
@@ -64,4 +80,5 @@ def search_keeper(url: str | None, experiment: str, k: int) -> CheckpointKeeper 
     store = open_artifacts(url)
     keeper = CheckpointKeeper(store, experiment, k)
     checkpoint_ids(store, experiment)
+    store.check_writable(checkpoint_prefix(experiment))
     return keeper

@@ -17,6 +17,8 @@ class Progress:
     trials_done: int = 0
     in_flight: int = 0
     failed: int = 0
+    infra_failures: int = 0
+    """Trials the machines did not run to their end (requeued, never rewarded)."""
     epsilon: float | None = None
     best_accuracy: float | None = None
     best_arch: str | None = None

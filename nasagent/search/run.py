@@ -1,16 +1,25 @@
-"""Wires a search together: config -> data -> space -> strategy -> runner -> agent. Used by the CLI."""
+"""Wires a search together: config -> data -> space -> strategy -> runner -> agent. Used by the CLI.
+
+``run_search`` holds the experiment's lock for the whole search (one live search per experiment,
+:mod:`nasagent.persistence.locks`), checks everything a user can get wrong before the experiment
+is created (flags, data, strategy options, the artifact store's write access, the workers the
+machine can hold), and takes a new experiment away again if the search fails before its first
+trial has finished, so a mistake never leaves a half-created experiment behind.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from nasagent.config import SearchConfig, resume_config
-from nasagent.errors import ConfigError
+from nasagent.config import SearchConfig, check_experiment_name, resume_config
+from nasagent.core.trial import TrialStatus
+from nasagent.errors import ConfigError, StoreError
 from nasagent.execution.base import Runner
 from nasagent.execution.local import LocalRunner, default_workers
+from nasagent.persistence.locks import experiment_lock
 from nasagent.persistence.postgres import Experiment, Store
-from nasagent.search.loop import SearchLoop
+from nasagent.search.loop import FaultPolicy, SearchLoop
 from nasagent.search.progress import Progress
 from nasagent.strategies.qlearning import QLearningConfig
 from nasagent.strategies.registry import FOLLOWS_SCHEDULE
@@ -22,10 +31,11 @@ if TYPE_CHECKING:
 
 def experiment_config(store: Store, name: str, given: dict[str, Any]) -> tuple[Experiment | None, SearchConfig]:
     """Experiment ``name`` and its config if it exists (the flags given again must agree with it),
-    else None and a new config from the flags."""
+    else None and a new config from the flags (the name checked: ``check_experiment_name``)."""
     existing = store.find_experiment(name)
     if existing is not None:
         return existing, resume_config(existing.config, given, name)
+    check_experiment_name(name)
     values = {k: v for k, v in given.items() if v is not None}
     if "qlearning" in values:
         values["qlearning"] = QLearningConfig(**values["qlearning"])
@@ -48,32 +58,69 @@ def run_search(
     keep_top: int = 10,
     launcher: str = "local",
     cluster: LauncherSettings | None = None,
+    max_memory: int | None = None,
+    faults: FaultPolicy | None = None,
 ) -> Progress:
-    """Run or resume experiment ``name`` with the ``launcher``'s runner (``open_runner``) until its budget is trained.
+    """Run or resume experiment ``name`` with the ``launcher``'s runner (``open_runner``) until its
+    budget is trained or its space has no untrained architecture left.
 
     With an artifact store (``artifacts`` or ``$NASAGENT_ARTIFACTS``) the weights of the current
-    top ``keep_top`` trials are kept there as checkpoints (``nasagent.training.checkpoints``)."""
+    top ``keep_top`` trials are kept there as checkpoints (``nasagent.training.checkpoints``).
+    ``max_memory`` is one local worker's memory (``--max-memory``). StoreError at once if another
+    search holds the experiment. ``faults``: when infrastructure failures stop the search
+    (``--max-requeues``, ``--max-infra-failures``)."""
     from nasagent.search.display import SearchDisplay
     from nasagent.search.keeper import search_keeper
     from nasagent.search.leaderboard import search_leaderboard
 
-    keeper = search_keeper(artifacts, name, keep_top)  # before the experiment exists: a bad URL leaves nothing behind
-    leaderboard = search_leaderboard(artifacts, store, name)  # refreshed in the artifact store as trials finish
-    existing, config = experiment_config(store, name, given)
-    settings = config.trial_settings(device)
-    if keeper is not None:
-        settings = dataclasses.replace(settings, artifacts=keeper.store.url, experiment=name)
-    # Data and strategy options are checked before the experiment is created: bad input leaves nothing behind.
-    data = settings.load_data()
-    strategy = config.make_strategy(data.input_shape, data.num_classes)
-    experiment = existing or store.create_experiment(name, config.to_dict())
-    schedule = config.epsilon_schedule() if config.strategy in FOLLOWS_SCHEDULE else None
-    with (
-        open_runner(launcher, cluster, store, settings, workers, data.num_classes) as runner,
-        SearchDisplay(schedule) as display,
-    ):
-        callbacks = [c for c in (display, keeper, leaderboard) if c is not None]
-        return SearchLoop(store, experiment, strategy, runner, config.budget, config.seed, callbacks=callbacks).run()
+    with experiment_lock(store, name, "search"):
+        existing, config = experiment_config(store, name, given)
+        # Everything a user can get wrong is checked before the experiment is created.
+        keeper = search_keeper(artifacts, name, keep_top)  # the store must take writes
+        leaderboard = search_leaderboard(artifacts, store, name)  # refreshed in the artifact store as trials finish
+        settings = config.trial_settings(device)
+        if keeper is not None:
+            settings = dataclasses.replace(settings, artifacts=keeper.store.url, experiment=name)
+        data = settings.load_data()
+        shape, num_classes, data_bytes = data.input_shape, data.num_classes, data.nbytes
+        del data  # the agent needs only the data's shape: every worker loads its own copy
+        strategy = config.make_strategy(shape, num_classes)
+        space_size = config.space_size(shape, num_classes)
+        schedule = config.epsilon_schedule() if config.strategy in FOLLOWS_SCHEDULE else None
+        experiment = existing or store.create_experiment(name, config.to_dict())
+        try:
+            with (
+                open_runner(launcher, cluster, store, settings, workers, num_classes, max_memory, data_bytes) as runner,
+                SearchDisplay(schedule) as display,
+            ):
+                callbacks = [c for c in (display, keeper, leaderboard) if c is not None]
+                loop = SearchLoop(
+                    store,
+                    experiment,
+                    strategy,
+                    runner,
+                    config.budget,
+                    config.seed,
+                    callbacks,
+                    space_size=space_size,
+                    faults=faults,
+                )
+                return loop.run()
+        except BaseException:
+            if existing is None:
+                _forget_unstarted(store, experiment)
+            raise
+
+
+def _forget_unstarted(store: Store, experiment: Experiment) -> None:
+    """Delete an experiment this run created if none of its trials has finished: a search that
+    failed to start (a cluster that refuses it, workers that do not fit) leaves nothing behind,
+    and running the command again, once fixed, starts it cleanly."""
+    try:
+        if all(trial.status == TrialStatus.RUNNING for trial in store.trials(experiment.id)):
+            store.delete_experiment(experiment.id)
+    except StoreError:
+        pass  # the database is gone too: the error that stopped the search is the one to report
 
 
 def open_runner(
@@ -83,11 +130,17 @@ def open_runner(
     settings: TrialSettings,
     workers: int | None,
     num_classes: int,
+    max_memory: int | None = None,
+    data_bytes: int = 0,
 ) -> Runner:
     """The runner of ``--launcher``: local worker processes, or one Kubernetes Job / KFP run per
-    trial (``cluster`` holds their settings; trial pods save checkpoints where the search does)."""
+    trial (``cluster`` holds their settings; trial pods save checkpoints where the search does).
+    ``max_memory`` and ``data_bytes`` plan the local workers (``LocalRunner``)."""
     if launcher == "local":
-        return LocalRunner(settings, workers or default_workers(), num_classes)
+        # The workers record each epoch in the search's store (live learning curves), as trial pods do.
+        return LocalRunner(settings, workers or default_workers(), num_classes, max_memory, data_bytes, store.url)
+    if max_memory is not None:
+        raise ConfigError("--max-memory: only for --launcher local (a trial pod's memory is --trial-memory-limit)")
     if cluster is None:
         raise ConfigError(f"--launcher {launcher} needs its cluster settings")
     from nasagent.execution.launchers import open_cluster_runner

@@ -22,10 +22,28 @@ from typing import Any
 
 import yaml
 
-from nasagent.core.arch import FC, GAP, Architecture, Conv, Layer, Pool, Softmax, output_size
+from nasagent.core.arch import (
+    CONV_PADDINGS,
+    FC,
+    GAP,
+    POOLING_MODES,
+    Architecture,
+    Conv,
+    Layer,
+    Pool,
+    Softmax,
+    output_size,
+)
 from nasagent.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _range_rule(n: int, low: int, rounding: str) -> list[int]:
+    """Every integer from ``low`` to ``n / 2`` (rounded down for receptive fields, up for strides): the
+    ``range`` reconstruction of appendix C (see ``presets/metaqnn-mnist.yaml``)."""
+    high = n // 2 if rounding == "down" else -(-n // 2)
+    return list(range(low, high + 1))
 
 
 def _log_rule(n: int, start_m: int) -> list[int]:
@@ -40,8 +58,12 @@ def _log_rule(n: int, start_m: int) -> list[int]:
 class SpaceConfig:
     """A MetaQNN space as written in a preset YAML file (see ``presets/metaqnn.yaml``).
 
-    ``conv_kernels``/``conv_strides``/``pool_shapes`` set to ``"log"`` use appendix C's rules,
-    where the choices depend on the representation size.
+    ``conv_kernels``/``conv_strides``/``pool_shapes`` set to ``"log"`` use appendix C's rules as
+    Table A1 prints them, where the choices depend on the representation size; ``"range"`` is the
+    reconstruction under which the authors' MNIST networks (Table A4) are legal: every receptive
+    field from 2 to half the representation size, every stride from 1 to half the receptive field
+    (rounded up). ``pooling`` (``floor``/``ceil``) and ``conv_padding`` (``same``/``valid``) fix how
+    sizes shrink (:func:`nasagent.core.arch.output_size`); the builder gets the same two.
     """
 
     name: str
@@ -57,6 +79,8 @@ class SpaceConfig:
     terminals: tuple[str, ...]
     activation: str = "relu"
     dropout: str = "paper"
+    pooling: str = "floor"
+    conv_padding: str = "same"
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -89,6 +113,8 @@ class SpaceConfig:
                 terminals=tuple(str(t) for t in data.get("terminals", ["gap", "softmax"])),
                 activation=str(build.get("activation", "relu")),
                 dropout=str(build.get("dropout", "paper")),
+                pooling=str(build.get("pooling", "floor")),
+                conv_padding=str(build.get("conv_padding", "same")),
                 raw=data,
             )
         except KeyError as exc:
@@ -103,6 +129,8 @@ class SpaceConfig:
             raise ConfigError(f"{source}: FC layers need the softmax terminal (GAP cannot follow FC)")
         if space.activation not in ("relu", "elu") or space.dropout not in ("paper", "fc"):
             raise ConfigError(f"{source}: build.activation must be relu|elu and build.dropout paper|fc")
+        if space.pooling not in POOLING_MODES or space.conv_padding not in CONV_PADDINGS:
+            raise ConfigError(f"{source}: build.pooling must be floor|ceil and build.conv_padding same|valid")
         return space
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,16 +149,16 @@ def _optional_positive(value: Any, what: str) -> int | None:
 
 
 def _ints_or_log(value: Any, what: str) -> tuple[int, ...] | str:
-    if value == "log":
-        return "log"
+    if value in ("log", "range"):
+        return value
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{what}: expected a non-empty list of integers or 'log'")
+        raise ConfigError(f"{what}: expected a non-empty list of integers, 'log' or 'range'")
     return tuple(_positive(v, what) for v in value)
 
 
 def _pool_shapes(value: Any) -> tuple[tuple[int, int], ...] | str:
-    if value == "log":
-        return "log"
+    if value in ("log", "range"):
+        return value
     shapes = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
@@ -139,8 +167,18 @@ def _pool_shapes(value: Any) -> tuple[tuple[int, int], ...] | str:
     return tuple(shapes)
 
 
+MAX_SPACE_BYTES = 1 << 20
+"""A space file is a few hundred bytes; anything past 1 MiB is not one."""
+MAX_SPACE_DEPTH = 16
+MAX_SPACE_NODES = 100_000
+
+
 def load_space(name_or_path: str) -> SpaceConfig:
-    """A preset name (``metaqnn``, ``metaqnn-cifar``, ``metaqnn-mnist``, ``metaqnn-small``) or a YAML path."""
+    """A preset name (``metaqnn``, ``metaqnn-cifar``, ``metaqnn-mnist``, ``metaqnn-small``) or a YAML path.
+
+    Every problem is a one-line ConfigError, including files too large (over 1 MiB), nested too
+    deeply (over 16 levels) or expanding to too many values through YAML aliases (over 100,000).
+    """
     path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         path = Path(name_or_path)
@@ -150,10 +188,35 @@ def load_space(name_or_path: str) -> SpaceConfig:
         if not path.is_file():
             raise ConfigError(f"space file not found: {path}")
     try:
+        size = path.stat().st_size
+        if size > MAX_SPACE_BYTES:
+            raise ConfigError(f"space {path} is {size:,} bytes; a space file must be under {MAX_SPACE_BYTES:,}")
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except RecursionError:
+        raise ConfigError(f"space {path} is nested too deeply to be a space") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read space {path}: {str(exc).splitlines()[0]}") from None
+    _check_shape(data, str(path))
     return SpaceConfig.from_dict(data, source=str(path.name))
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """ConfigError if parsed YAML nests deeper than ``MAX_SPACE_DEPTH`` or holds more than
+    ``MAX_SPACE_NODES`` values (aliases repeat values without repeating text: a small file may
+    stand for billions of them). Walks iteratively and stops at the first excess."""
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while pending:
+        value, depth = pending.pop()
+        seen += 1
+        if depth > MAX_SPACE_DEPTH:
+            raise ConfigError(f"space {source} nests deeper than {MAX_SPACE_DEPTH} levels")
+        if seen > MAX_SPACE_NODES:
+            raise ConfigError(f"space {source} holds more than {MAX_SPACE_NODES:,} values")
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, (list, tuple)):
+            pending.extend((item, depth + 1) for item in value)
 
 
 def preset_names() -> list[str]:
@@ -213,17 +276,25 @@ class MetaQNNSpace:
 
     def _conv_kernels(self, size: int) -> list[int]:
         kernels = self.config.conv_kernels
-        return _log_rule(size, 2) if kernels == "log" else list(kernels)  # type: ignore[arg-type]
+        if kernels == "log":
+            return _log_rule(size, 2)
+        if kernels == "range":
+            return _range_rule(size, 2, "down")
+        return list(kernels)  # type: ignore[arg-type]
 
     def _strides(self, kernel: int) -> list[int]:
         strides = self.config.conv_strides
         if strides == "log":
             return _log_rule(kernel, 1) or [1]
+        if strides == "range":
+            return _range_rule(kernel, 1, "up")
         return list(strides)  # type: ignore[arg-type]
 
     def _pool_shapes(self, size: int) -> list[tuple[int, int]]:
         if self.config.pool_shapes == "log":
             return [(k, s) for k in _log_rule(size, 2) if k >= 2 for s in _log_rule(k, 1)]
+        if self.config.pool_shapes == "range":
+            return [(k, s) for k in _range_rule(size, 2, "down") for s in _range_rule(k, 1, "up")]
         return list(self.config.pool_shapes)  # type: ignore[arg-type]
 
     def _actions(self, state: State) -> tuple[Layer, ...]:
@@ -250,7 +321,7 @@ class MetaQNNSpace:
 
     def step(self, state: State, true_size: int, action: Layer) -> tuple[State, int]:
         """TRANSITION: the next state and true size after taking ``action``."""
-        new_size = output_size(true_size, action)
+        new_size = output_size(true_size, action, self.config.pooling, self.config.conv_padding)
         fc_run = state.fc_run + 1 if isinstance(action, FC) else 0
         return State(depth=state.depth + 1, layer=action, size=self.bin(new_size), fc_run=fc_run), new_size
 
@@ -264,15 +335,90 @@ class MetaQNNSpace:
             state, size = self.step(state, size, action)
         return Architecture(tuple(layers))
 
+    def count(self) -> int:
+        """How many distinct architectures ``sample`` can return: the number of walks from the start
+        state to a terminal one (each walk is its own layer sequence, so its own architecture).
+
+        Counted exactly by dynamic programming: the walks left from a state depend only on its
+        depth, the kind of its layer (and an FC layer's width), its FC run and the true size, so
+        the count is shared by every state alike in those. Used to end a search whose budget is
+        larger than its space when the space runs out, rather than proposing known networks forever.
+        """
+        memo: dict[tuple[Any, ...], int] = {}
+
+        def walks(state: State, size: int) -> int:
+            if state.terminal:
+                return 1
+            layer = state.layer
+            kind = "start" if layer is None else type(layer).__name__
+            key = (state.depth, kind, layer.units if isinstance(layer, FC) else 0, state.fc_run, size)
+            if key not in memo:
+                memo[key] = sum(walks(*self.step(state, size, action)) for action in self.actions(state))
+            return memo[key]
+
+        return walks(self.start, self.input_size)
+
     def walk(self, arch: Architecture) -> list[State]:
-        """The state sequence [s0, ..., sT] an architecture visits; ConfigError if it leaves the space."""
+        """The state sequence [s0, ..., sT] an architecture visits; ConfigError naming the first layer
+        that leaves the space and the rule it breaks (:meth:`explain`)."""
         state, size = self.start, self.input_size
         states = [state]
-        for layer in arch.layers:
+        for position, layer in enumerate(arch.layers, start=1):
             if layer not in self.actions(state):
                 raise ConfigError(
-                    f"{arch} is not in space {self.config.name!r}: {layer} not allowed after state {state.key}"
+                    f"{arch} is not in space {self.config.name!r}: layer {position} {layer}: "
+                    f"{self.explain(state, size, layer)}"
                 )
             state, size = self.step(state, size, layer)
             states.append(state)
         return states
+
+    def explain(self, state: State, size: int, layer: Layer) -> str:
+        """Which rule of the space forbids ``layer`` after ``state`` (true representation size ``size``)."""
+        cfg = self.config
+        where = f"representation size {size}" + ("" if cfg.size_bins is None else f" (bin {state.size})")
+        if state.terminal:
+            return "the walk already ended at its terminal layer"
+        if isinstance(layer, (GAP, Softmax)):
+            if layer.classes != self.num_classes:
+                return f"the terminal must predict the data's {self.num_classes} classes"
+            if isinstance(layer, GAP) and isinstance(state.layer, FC):
+                return "GAP cannot follow an FC layer"
+            return f"terminals are {', '.join(cfg.terminals)} only"
+        if state.depth >= cfg.max_depth:
+            return f"depth limit: after {cfg.max_depth} hidden layers only a terminal may follow"
+        if isinstance(state.layer, FC):
+            if not isinstance(layer, FC):
+                return "only an FC layer or the terminal may follow an FC layer"
+            if cfg.fc_max_consecutive is not None and state.fc_run >= cfg.fc_max_consecutive:
+                return f"at most {cfg.fc_max_consecutive} consecutive FC layers"
+            if layer.units in cfg.fc_units:
+                return f"an FC layer may not be wider than the FC layer before it ({state.layer.units})"
+        if isinstance(layer, Conv):
+            kernels = self._conv_kernels(state.size)
+            if layer.filters not in cfg.conv_filters:
+                return f"convolutions have {_listed(cfg.conv_filters)} filters"
+            if layer.kernel not in kernels:
+                return f"receptive fields at {where} are {_listed(kernels)}"
+            if layer.kernel > state.size:
+                return f"receptive field {layer.kernel} is larger than {where}"
+            return f"strides of a {layer.kernel}x{layer.kernel} convolution are {_listed(self._strides(layer.kernel))}"
+        if isinstance(layer, Pool):
+            if isinstance(state.layer, Pool):
+                return "a pooling layer may not follow a pooling layer"
+            shapes = self._pool_shapes(state.size)
+            if (layer.kernel, layer.stride) not in shapes:
+                return f"pooling (receptive field, stride) at {where} is one of {_listed(shapes)}"
+            return f"pooling window {layer.kernel} is larger than {where}"
+        if isinstance(layer, FC):
+            if layer.units not in cfg.fc_units:
+                return f"FC layers have {_listed(cfg.fc_units)} units"
+            if cfg.fc_max_size is not None and state.size > cfg.fc_max_size:
+                return f"an FC layer needs a representation size of at most {cfg.fc_max_size}, here {where}"
+        return "not a legal action from this state"
+
+
+def _listed(values: Any) -> str:
+    """Values for a one-line message, long lists shortened."""
+    items = [str(v).replace(" ", "") for v in values]
+    return "{" + ", ".join(items if len(items) <= 12 else [*items[:10], "...", items[-1]]) + "}" if items else "none"

@@ -4,8 +4,8 @@ A Q-network (an MLP of two 64-unit tanh layers on the flattened §4.2.1 encoding
 baselines' ``mlp`` that the authors used) is trained on minibatches of 20 transitions drawn
 uniformly from a replay buffer of t_max / 2 transitions, towards ``r + γ max_a Q_target(s', a)``
 (no bootstrap past the end of an episode) with the Huber loss and Adam at 5e-4. Actions are
-ε-greedy, ε falling linearly from 1.0 to 0.1 over the first ``exploration_fraction`` (10%, the
-baselines default the paper's curves point to) of t_max environment steps. The target network is
+ε-greedy, ε falling linearly from 1.0 to 0.1 over the first ``exploration_fraction`` (all, as the
+authors' run script) of t_max environment steps. The target network is
 copied every ``target_update`` steps; one gradient step follows every ``train_freq`` steps once
 ``learning_starts`` transitions are stored.
 
@@ -19,8 +19,8 @@ piece of state (weights, target, optimiser, buffer, RNG, counters) in ``state_di
 
 Where the paper is silent: γ = 0.9 (as for meta-A2C, so the two learners discount alike).
 t_max counts environment steps, which run several times the agent's budget of unique networks
-(cache hits, terminals, shifts); it defaults to 10 x the budget, so ε reaches 0.1 after about as
-many steps as the budget has networks, most of them new ones (``--option t_max=`` overrides).
+(cache hits, terminals, shifts); it defaults to 10 x the budget, and ε reaches 0.1 at the end of
+those t_max steps (``--option t_max=`` overrides).
 Learning starts after one minibatch (baselines' 1,000 assume far longer runs), and the target
 network is refreshed every 100 steps. Dueling heads and double Q-learning (baselines extras) are
 left out: the paper names plain DQN with experience replay.
@@ -54,8 +54,9 @@ class DQNOptions(EnvOptions):
     t_max: int | None = None
     """Environment steps the search is planned for: sets the buffer size (t_max / 2) and ε's decay;
     None: 10 x the budget of unique networks (resolved by ``from_context``, see :meth:`with_budget`)."""
-    exploration_fraction: float = 0.1
-    """Fraction of t_max over which ε falls from ``eps_start`` to ``eps_final``."""
+    exploration_fraction: float = 1.0
+    """Fraction of t_max over which ε falls from ``eps_start`` to ``eps_final``: all of it, as the authors'
+    ``run_nas_dqn.sh`` (``--exploration_fraction=1.0``); 0.1 is the OpenAI baselines default."""
     eps_start: float = 1.0
     """ε at the first environment step."""
     eps_final: float = 0.1

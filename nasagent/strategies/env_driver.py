@@ -52,12 +52,18 @@ class EnvOptions:
     """14 actions with merges and pointer shifts instead of the 8 chain-structured ones."""
     sigma: float = NSCSpace.sigma
     """σ: a pointer shift's reward is σ times the accuracy (§6.2 tried 0.0 and 0.1)."""
+    padding: str = NSCSpace.padding
+    """``valid`` (the authors' code: no padding, so deep chains become invalid, rule (e)) or ``same``."""
+    score: str = "final"
+    """A network's reward: its ``final`` epoch's validation accuracy (§4.1.2) or its ``best`` epoch's."""
+    restarts: bool = False
+    """Apply MetaQNN's first-epoch restart rule to the environment's networks (the paper does not)."""
 
     def space(self, input_shape: tuple[int, int, int], num_classes: int) -> NSCSpace:
         """The environment these settings describe for data of this shape and class count."""
         tau = self.tau if self.tau is not None else (20 if self.multi_branch else 10)
         shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
-        return NSCSpace(shape, int(num_classes), self.depth, tau, self.multi_branch, self.sigma)
+        return NSCSpace(shape, int(num_classes), self.depth, tau, self.multi_branch, self.sigma, self.padding)
 
 
 @dataclass

@@ -28,6 +28,10 @@ STRATEGIES: dict[str, str] = {
 FOLLOWS_SCHEDULE = frozenset({"qlearning"})
 """Strategies whose exploration rate is ``--schedule``'s ε (the others ignore the schedule)."""
 
+ACTS_IN_NAS_ENV = frozenset({"meta-a2c", "dqn", "random-nsc"})
+"""Strategies acting in the NAS environment: their networks are trained as that paper does (12 epochs,
+final-epoch accuracy, no restarts, VALID padding; ``nasagent.envs.nas_env``), unless their options say otherwise."""
+
 
 def _module(name: str) -> tuple[ModuleType, str]:
     target = STRATEGIES.get(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^trial-(\d+)\.pt$")
+SAVE_ATTEMPTS = 3
+RETRY_DELAY_S = 2.0
 
 
 def checkpoint_prefix(experiment: str) -> str:
@@ -86,8 +89,11 @@ def save_trial_checkpoint(
 ) -> str | None:
     """Called by the trial worker after training: save the best-epoch weights if the search keeps checkpoints.
 
-    Returns None on success (or when there is nothing to save) and the reason otherwise: a
-    store that is down must not turn a trained trial into a failed one.
+    A failed write is retried (``SAVE_ATTEMPTS`` in all, ``RETRY_DELAY_S`` apart, then twice
+    that...): a store that hiccups must not cost a checkpoint. Returns None on success (or when
+    there is nothing to save) and the last reason otherwise, which the worker puts in the outcome
+    as ``checkpoint_error``: the trial stays trained (not failed), and the search's checkpoint
+    keeper stops the search with that reason (``nasagent.search.keeper``).
     """
     if (
         settings.artifacts is None
@@ -114,10 +120,17 @@ def save_trial_checkpoint(
         dataset=data.name,
         seed=spec.seed,
     )
-    try:
-        save_checkpoint(
-            open_artifacts(settings.artifacts), settings.experiment, spec.trial_id, metadata, result.state_dict
-        )
-    except ArtifactError as exc:
-        return str(exc)
+    delay = RETRY_DELAY_S
+    for attempt in range(1, SAVE_ATTEMPTS + 1):
+        try:
+            save_checkpoint(
+                open_artifacts(settings.artifacts), settings.experiment, spec.trial_id, metadata, result.state_dict
+            )
+            return None
+        except ArtifactError as exc:
+            if attempt == SAVE_ATTEMPTS:
+                return str(exc)
+            log.warning("checkpoint of trial %s not saved (%s); retrying in %.0f s", spec.trial_id, exc, delay)
+            time.sleep(delay)
+            delay *= 2
     return None

@@ -34,6 +34,7 @@ from nasagent.errors import ModelError, NasagentError
 from nasagent.persistence.artifacts import ArtifactStore, experiment_key
 from nasagent.training.build import build_model
 from nasagent.training.settings import BuildOptions
+from nasagent.training.sources import as_float
 
 FORMAT = "nasagent-model/1"
 META = "model.json"
@@ -191,7 +192,7 @@ def predict_proba(module: nn.Module, x: torch.Tensor, device: torch.device | str
     """Softmax outputs (N×K, float32, on CPU) of ``module`` for images ``x``, in batches, in fp32."""
     module = module.to(device).eval()
     out = [
-        torch.softmax(module(x[i : i + PREDICT_BATCH].to(device)).float(), dim=1).cpu()
+        torch.softmax(module(as_float(x[i : i + PREDICT_BATCH].to(device))).float(), dim=1).cpu()
         for i in range(0, len(x), PREDICT_BATCH)
     ]
     return torch.cat(out) if out else torch.empty(0)

@@ -40,10 +40,16 @@ class NSCModel(nn.Module):
     """The torch module of an :class:`NSCNetwork`: normalisation, the NSC graph, the prediction head."""
 
     def __init__(
-        self, net: NSCNetwork, input_shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float]
+        self,
+        net: NSCNetwork,
+        input_shape: tuple[int, int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        padding: str = "valid",
     ) -> None:
         super().__init__()
-        shapes = net.shapes(input_shape)
+        shapes = net.shapes(input_shape, padding)
+        same = padding == "same"
         self.layers_spec = net.layers
         self.leaf_indices = net.leaves
         self.normalize = Normalize(mean, std)
@@ -54,11 +60,12 @@ class NSCModel(nn.Module):
                 # Pre-activation convolutional cell (footnote 2): ReLU, convolution, batch norm.
                 self.ops[str(layer.index)] = nn.Sequential(
                     nn.ReLU(),
-                    nn.Conv2d(in_channels, CONV_FILTERS, layer.kernel, padding=layer.kernel // 2),
+                    nn.Conv2d(in_channels, CONV_FILTERS, layer.kernel, padding=layer.kernel // 2 if same else 0),
                     nn.BatchNorm2d(CONV_FILTERS),
                 )
             elif layer.type == MAX_POOL:
-                self.ops[str(layer.index)] = _MaxPoolSame(layer.kernel)
+                pool = _MaxPoolSame(layer.kernel) if same else nn.MaxPool2d(layer.kernel, layer.kernel)
+                self.ops[str(layer.index)] = pool
             elif layer.type == AVG_POOL:
                 self.ops[str(layer.index)] = nn.AvgPool2d(layer.kernel, layer.kernel)
         self.out_shapes = shapes
@@ -103,11 +110,13 @@ def build_nsc_model(
     input_shape: tuple[int, int, int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    padding: str = "valid",
 ) -> nn.Module:
-    """Build ``net`` for inputs (C, H, W) in [0, 1]; ``mean``/``std`` default to 0 and 1 per channel.
+    """Build ``net`` for inputs (C, H, W) in [0, 1]; ``mean``/``std`` default to 0 and 1 per channel;
+    ``padding`` is ``"valid"`` (the authors' code) or ``"same"`` (:meth:`NSCNetwork.shapes`).
 
     The class count comes from the network (``net.classes``). Raises ``ConfigError`` when the
     network is invalid for this input or the statistics do not match the channels.
     """
     mean, std = normalisation(input_shape, mean, std)
-    return NSCModel(net, tuple(int(v) for v in input_shape), mean, std)  # type: ignore[arg-type]
+    return NSCModel(net, tuple(int(v) for v in input_shape), mean, std, padding)  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ pod trains on exactly the same samples.
 
 The object holds ``x_<split>``/``y_<split>`` for ``train``, ``val`` and ``test``, ``mean``,
 ``std``, ``num_classes``, ``name`` and ``meta`` (JSON: format, source spec, seed, validation
-size). Images whose values are all k/255 (the 8-bit datasets) are stored as uint8 with
-``x_scale = 255`` and come back bit-identical to what ``load_dataset`` gave; others as float32.
+size). 8-bit images (``load_dataset`` holds them as uint8 codes) are stored as uint8 with
+``x_scale = 255`` and come back as the same uint8 codes; others as float32.
 ``<digest>`` is a hash of the content, so a URL always names the same data: preparing the same
 dataset again finds it there and uploads nothing, and an experiment's stored dataset spec pins
 its data.
@@ -156,10 +156,7 @@ def _to_arrays(data: DataBundle, name: str, meta: dict[str, Any]) -> dict[str, n
     scaled = all(_is_8bit(getattr(data, split).x) for split in SPLITS)
     for split in SPLITS:
         part: Split = getattr(data, split)
-        x = part.x.numpy()
-        arrays[f"x_{split}"] = (
-            np.rint(x * 255).astype(np.uint8) if scaled else np.ascontiguousarray(x, dtype=np.float32)
-        )
+        arrays[f"x_{split}"] = _codes(part.x) if scaled else np.ascontiguousarray(part.x.numpy(), dtype=np.float32)
         arrays[f"y_{split}"] = part.y.numpy().astype(np.int64)
     arrays["x_scale"] = np.array(255 if scaled else 1, dtype=np.int64)
     arrays["mean"] = np.array(data.mean, dtype=np.float64)
@@ -170,8 +167,17 @@ def _to_arrays(data: DataBundle, name: str, meta: dict[str, Any]) -> dict[str, n
     return arrays
 
 
+def _codes(x: torch.Tensor) -> np.ndarray:
+    """uint8 codes of 8-bit images (``_is_8bit``), whether held as codes or as floats k/255."""
+    if x.dtype == torch.uint8:
+        return np.ascontiguousarray(x.numpy())
+    return np.rint(x.numpy() * 255).astype(np.uint8)
+
+
 def _is_8bit(x: torch.Tensor) -> bool:
-    """Whether every value is k/255 exactly as ``load_dataset`` computes it, so uint8 storage loses nothing."""
+    """Whether every value is k/255 exactly as ``as_float`` computes it, so uint8 storage loses nothing."""
+    if x.dtype == torch.uint8:
+        return True
     values = x.numpy()
     codes = np.rint(values * 255)
     if codes.min(initial=0) < 0 or codes.max(initial=0) > 255:
@@ -252,9 +258,13 @@ def _read(path: Path, url: str) -> DataBundle:
     scale = int(arrays["x_scale"])
     splits = {}
     for split in SPLITS:
-        x = arrays[f"x_{split}"].astype(np.float32)
-        if scale != 1:
-            x /= scale
+        x = arrays[f"x_{split}"]
+        if scale == 255 and x.dtype == np.uint8:
+            x = np.ascontiguousarray(x)  # 8-bit codes, as load_dataset holds them
+        else:
+            x = x.astype(np.float32)
+            if scale != 1:
+                x /= scale
         splits[split] = Split(torch.from_numpy(x), torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)))
     return DataBundle(
         name=str(arrays["name"]),

@@ -30,14 +30,36 @@ class BuildOptions:
     activation: Literal["relu", "elu"] = "relu"
     dropout: Literal["paper", "fc"] = "paper"
     fc_dropout: float = 0.5
+    pooling: Literal["floor", "ceil"] = "floor"
+    """How a MetaQNN pooling layer rounds its output size: ``floor`` as the authors' code tracks it
+    (and as Table A2's parameter counts imply), ``ceil`` as Caffe executes it (see ``core.arch``)."""
+    conv_padding: Literal["same", "valid"] = "same"
+    """MetaQNN convolutions: ``same`` keeps the size (Tables 1, A2, A3); ``valid`` has no padding
+    (the ``metaqnn-mnist`` reconstruction of Table A1)."""
+    nsc_padding: Literal["valid", "same"] = "valid"
+    """NSC (NAS environment) convolutions and max poolings: ``valid`` as the authors' Keras code
+    (their default), ``same`` as an option (see ``core.nsc``)."""
+    gcn: bool = False
+    """Global contrast normalisation of each image as the model's first layer instead of per-channel
+    statistics (§5, CIFAR-10 finetuning)."""
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "elu"):
             raise ConfigError(f"unknown activation {self.activation!r} (expected 'relu' or 'elu')")
+        if self.pooling not in ("floor", "ceil") or self.conv_padding not in ("same", "valid"):
+            raise ConfigError(
+                f"pooling must be floor|ceil and conv_padding same|valid, got {self.pooling!r}, {self.conv_padding!r}"
+            )
+        if self.nsc_padding not in ("valid", "same"):
+            raise ConfigError(f"nsc_padding must be valid|same, got {self.nsc_padding!r}")
         if self.dropout not in ("paper", "fc"):
             raise ConfigError(f"unknown dropout mode {self.dropout!r} (expected 'paper' or 'fc')")
         if not 0.0 <= self.fc_dropout < 1.0:
             raise ConfigError(f"fc_dropout must be in [0, 1), got {self.fc_dropout}")
+
+
+MIN_STEPS = 100
+"""Default ``TrainConfig.min_steps`` (see the README, "Small datasets")."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +80,31 @@ class TrainConfig:
     channels_last: bool = True
     seed: int = 0
     threads: int | None = None
+    memory_limit: int | None = None
+    """Bytes a training may use (its worker's share, set by the runner, never stored with the experiment).
+    A network whose estimated training memory (:mod:`nasagent.training.memory`) exceeds it fails as
+    "does not fit" without being built. None: no check."""
     lr_steps: tuple[tuple[float, int], ...] | None = None
     """Explicit (lr, epochs) phases replacing the ×lr_decay steps, e.g. §5's finetuning schedules; their
     epochs must sum to ``epochs``, and a restart scales every phase by ``restart_factor``."""
+    min_steps: int = MIN_STEPS
+    """The schedule's unit: an "epoch" is the fewest whole passes over the training split with at least
+    this many optimiser steps, so a small dataset still gets a fair trial. One pass whenever a pass has
+    that many (every set of 12,800+ images at batch 128: the paper's exactly); 0: always one pass."""
+    score: Literal["best", "final"] = "best"
+    """The reward: the best validation accuracy over the epochs (MetaQNN, §5) or the final epoch's
+    (the NAS environment, §4.1.2)."""
+    mirror: bool = False
+    """Mirror each training image left-right with probability 1/2 (§5, CIFAR-10 finetuning)."""
+    max_shift: int = 0
+    """Translate each training image by up to this many pixels per axis (§5, CIFAR-10: 5)."""
 
     def __post_init__(self) -> None:
+        if self.min_steps < 0 or self.max_shift < 0 or self.score not in ("best", "final"):
+            raise ConfigError(
+                f"min_steps and max_shift must be non-negative and score best|final, "
+                f"got {self.min_steps}, {self.max_shift}, {self.score!r}"
+            )
         if self.lr_steps is not None:
             if not self.lr_steps or any(not lr > 0 or n < 1 for lr, n in self.lr_steps):
                 raise ConfigError(f"lr_steps must be (lr > 0, epochs >= 1) pairs, got {self.lr_steps}")
@@ -79,6 +121,8 @@ class TrainConfig:
             raise ConfigError(
                 f"lr must be positive and max_restarts non-negative, got {self.lr} and {self.max_restarts}"
             )
+        if self.memory_limit is not None and self.memory_limit < 1:
+            raise ConfigError(f"memory_limit must be a positive number of bytes, got {self.memory_limit}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
 

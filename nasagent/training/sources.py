@@ -4,8 +4,11 @@ train / validation / test.
 :func:`nasagent.training.data.load_dataset` is the entry point; it sends ``prepared:`` specs to
 :mod:`nasagent.training.prepared` and the rest here.
 
-Every dataset comes back as a :class:`DataBundle` of float32 images N×C×H×W with values in
-[0, 1] and int64 labels 0..K-1. The validation split is carved out of the training data,
+Every dataset comes back as a :class:`DataBundle` of images N×C×H×W with values in [0, 1] and
+int64 labels 0..K-1, held in their smallest faithful dtype: 8-bit images (uint8 files, every
+torchvision set, floats that are all exact multiples of 1/255) stay uint8 codes, a quarter of
+float32's memory in the agent and in every worker, and :func:`as_float` turns a batch into the
+float32 values k/255 when it is used; other images are float32. The validation split is carved out of the training data,
 stratified (class proportions unchanged) and seeded, as in §5 of the paper (5,000 samples for
 the large datasets). Per-channel mean/std are computed over the training split only; the
 model built by :mod:`nasagent.training.build` normalises with them.
@@ -47,9 +50,17 @@ TEST_FRACTION = 0.2
 TEST_SEED = 0
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as float32 values in [0, 1]: uint8 codes k become k/255 (a new tensor); float32 is returned as it is.
+
+    Called per batch by the trainer and by prediction, so 8-bit data are never held as floats whole."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
 @dataclass
 class Split:
-    """Images ``x`` (float32 N×C×H×W in [0, 1]) and labels ``y`` (int64 N, values 0..K-1)."""
+    """Images ``x`` (N×C×H×W: float32 in [0, 1], or uint8 codes k of k/255, see :func:`as_float`)
+    and labels ``y`` (int64 N, values 0..K-1)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -70,6 +81,12 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     mean: list[float]
     std: list[float]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every split's images and labels: what one process holding the dataset holds."""
+        splits = [s for s in (self.train, self.val, self.test) if s is not None]
+        return sum(t.element_size() * t.nelement() for split in splits for t in (split.x, split.y))
 
 
 def load_source(
@@ -133,8 +150,8 @@ def load_source(
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources. Each returns images as float32 N×C×H×W in [0, 1] and labels as an integer array,
-# validated by _validate.
+# Sources. Each returns images N×C×H×W in [0, 1] (uint8 codes or float32, see _as_images) and
+# labels as an integer array, validated by _validate.
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +191,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Any accepted layout and value range -> float32 N×C×H×W in [0, 1]."""
+    """Any accepted layout and value range -> N×C×H×W in [0, 1]: uint8 codes for 8-bit data
+    (see the module docstring), float32 otherwise."""
     if x.dtype.kind not in "biuf":
         raise DataError(f"x in {source} must be numeric, got dtype {x.dtype}")
     if x.ndim == 3:
@@ -185,18 +203,25 @@ def _as_images(x: np.ndarray, source: str) -> np.ndarray:
     else:
         raise DataError(f"x in {source} must have shape N×H×W, N×H×W×C or N×C×H×W; got shape {x.shape}")
     if x.dtype == np.uint8:
-        scaled = x.astype(np.float32)  # always a fresh array, so scaling in place is safe
-        scaled /= 255
-        return scaled
+        return np.ascontiguousarray(x)  # 8-bit stays 8-bit: as_float scales each batch by 1/255
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.size == 0:
         return x
     if not np.isfinite(x).all():
         raise DataError(f"x in {source} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return x
-    return (x - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(x)
+    if not (lo >= 0.0 and hi <= 1.0):
+        x = (x - lo) / np.float32(hi - lo) if hi > lo else np.zeros_like(x)
+    return _as_codes_if_exact(x)
+
+
+def _as_codes_if_exact(x: np.ndarray) -> np.ndarray:
+    """Float32 images in [0, 1] as uint8 codes when every value is exactly code/255 as ``as_float``
+    computes it (so nothing changes but the memory), else ``x`` itself."""
+    codes = np.rint(x * np.float32(255)).astype(np.uint8)
+    decoded = codes.astype(np.float32)
+    decoded /= 255
+    return codes if np.array_equal(decoded, x) else x
 
 
 def _validate(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -345,12 +370,18 @@ def _stratified_split(y: np.ndarray, size: int, rng: np.random.Generator) -> tup
 
 
 def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64)))
+    dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=dtype)), torch.from_numpy(y.astype(np.int64)))
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    mean = x.mean(dim=(0, 2, 3), dtype=torch.float64)
-    std = x.std(dim=(0, 2, 3), unbiased=False) if x.shape[0] > 0 else torch.ones(x.shape[1])
-    # A constant channel would divide by zero; leave it unscaled instead.
-    std = torch.where(std > 1e-6, std.double(), torch.ones_like(std, dtype=torch.float64))
-    return [float(v) for v in mean], [float(v) for v in std]
+    """Per-channel mean and std of the float values, one channel at a time (so 8-bit data are
+    never converted whole)."""
+    means, stds = [], []
+    for channel in range(x.shape[1]):
+        values = as_float(x[:, channel])
+        means.append(float(values.mean(dtype=torch.float64)) if x.shape[0] > 0 else 0.0)
+        std = float(values.std(unbiased=False)) if x.shape[0] > 0 else 1.0
+        # A constant channel would divide by zero; leave it unscaled instead.
+        stds.append(std if std > 1e-6 else 1.0)
+    return means, stds
