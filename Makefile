@@ -9,7 +9,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
-.PHONY: run test install bench clean checkov-env
+.PHONY: run test lint install bench clean checkov-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ run: $(STAMP)
 	NASAGENT_HOME=$${NASAGENT_HOME:-$$PWD/.nasagent} $(BIN)/nasagent search --experiment demo-digits \
 		--dataset digits --space metaqnn-small --trials 40 --epochs 10 --workers 2 --seed 0
 
-test: $(STAMP) $(CHECKOV_STAMP)
+# ruff (lint and format) and the import-linter layers contract of pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check nasagent tests bench components pipelines images
+	$(BIN)/lint-imports
+
+test: $(STAMP) $(CHECKOV_STAMP) lint
 	@# The dashboard's browser test drives Debian's Chromium (playwright's own download cannot run here).
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/python -m pytest -q

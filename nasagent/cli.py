@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--trials", type=int, help="unique architectures to train (default: the whole schedule)")
     search.add_argument("--schedule", help="'paper' (Table 2, scaled to --trials) or EPS:COUNT,... (default paper)")
-    search.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
+    search.add_argument("--epochs", type=int, help="epochs per architecture (default 20; NAS-env strategies 12)")
     search.add_argument("--workers", type=int, help="parallel trials (default: one per GPU, else one per core)")
     search.add_argument(
         "--max-memory",

@@ -132,7 +132,8 @@ PACKAGE = DEFAULT_TARGET.package
 
 # What `make pipeline-local` runs: digits, the embedded PostgreSQL, file artifacts, within 10 minutes
 # on 2 cores. An epoch is at least 100 optimiser steps (TrainConfig.min_steps), about 11 passes
-# over digits' 1,150 training images, so 2 epochs train a network well and 4 finetune it.
+# over digits' 1,150 training images, so 2 epochs train a network well. Finetuning trains twice
+# (train split, then train + validation) with the schedule's three learning rates, one epoch each.
 LOCAL_ARGUMENTS: dict[str, Any] = {
     "dataset": "digits",
     "space": "metaqnn-small",
@@ -141,10 +142,10 @@ LOCAL_ARGUMENTS: dict[str, Any] = {
     "parallelism": 2,
     "launcher": "local",
     "s3_endpoint": "",
-    "keep_top": 3,
-    "finetune_top": 3,
-    "finetune_epochs": 4,
-    "ensemble_top": 3,
+    "keep_top": 2,
+    "finetune_top": 2,
+    "finetune_epochs": 3,
+    "ensemble_top": 2,
 }
 
 

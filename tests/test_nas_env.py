@@ -91,7 +91,7 @@ def test_chain_layers_always_read_the_previous_layer() -> None:
     for action in (CONV1, MAXPOOL3, CONV5, AVGPOOL2):
         env.step(action)
     net = env.state.network(10)
-    assert net.is_chain and [(l.type, l.kernel) for l in net.layers] == [
+    assert net.is_chain and [(layer.type, layer.kernel) for layer in net.layers] == [
         (CONV, 1),
         (MAX_POOL, 3),
         (CONV, 5),

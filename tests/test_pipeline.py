@@ -270,11 +270,11 @@ def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
         "experiment": "pipe-e2e",
         "bucket": bucket,
         "trials": 3,
-        "epochs": 4,
+        "epochs": 2,  # an epoch is at least 100 optimiser steps (TrainConfig.min_steps): ~11 passes on digits
         "keep_top": 2,
         "finetune_top": 2,
         "finetune_epochs": 0,
-        "finetune_schedule": "0.002:3,0.0005:1",
+        "finetune_schedule": "0.002:2,0.0005:1",
         "ensemble_top": 2,
     }
     with pytest.warns(
@@ -314,7 +314,7 @@ def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
     assert [m["rank"] for m in models] == [1, 2]
     assert [m["architecture"] for m in models] == [t.arch for t in top[:2]]
     rank_report = json.loads(store.get_bytes(f"{name}/reports/finetune-rank-1.json"))
-    assert rank_report["schedule"] == [[0.002, 3], [0.0005, 1]] and rank_report["epochs"] == 4
+    assert rank_report["schedule"] == [[0.002, 2], [0.0005, 1]] and rank_report["epochs"] == 3
     data = load_dataset(prepared, tmp_path / "check")
     probabilities = {}
     for model_dir in (tmp_path / "root").glob("*/for-loop-2-iteration-*/finetune/model"):

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="the policy file to write (after every dataset)")
     p.add_argument("--experiment", default="meta", help="prefix of the experiments, one per dataset (default meta)")
     p.add_argument("--init-policy", help="start from this policy file instead of fresh weights")
-    p.add_argument("--epochs", type=int, help="training epochs per architecture (default 20)")
+    p.add_argument("--epochs", type=int, help="training epochs per architecture (default 12, as §6.1)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a meta-a2c setting (repeatable)")
     p.add_argument("--workers", type=int, help="parallel trials (default: one per GPU, else one per core)")
     p.add_argument("--seed", type=int, help="seed of the policy, data splits and trials (default 0)")

@@ -183,7 +183,7 @@ class NSCState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "layers": [[l.index, l.type, l.kernel, l.pred1, l.pred2] for l in self.layers],
+            "layers": [[x.index, x.type, x.kernel, x.pred1, x.pred2] for x in self.layers],
             "terminal": self.terminal,
             "shift1": self.shift1,
             "shift2": self.shift2,
@@ -276,7 +276,7 @@ def encode(space: NSCSpace, state: NSCState) -> np.ndarray:
     out = np.zeros(space.obs_shape, dtype=np.float32)
     pred2_at = NUM_TYPES + (d + 1)
     kernel_at = NUM_TYPES + (2 if mb else 1) * (d + 1)
-    rows = [(l.type, l.kernel, l.pred1, l.pred2) for l in state.layers]
+    rows = [(layer.type, layer.kernel, layer.pred1, layer.pred2) for layer in state.layers]
     if state.terminal:
         rows.append((TERMINAL, 0, 0, 0))
     rows += [(0, 0, 0, 0)] * (d - len(rows))

@@ -91,7 +91,8 @@ def _build(meta: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Modu
             tuple(meta["input_shape"]),
             meta["mean"],
             meta["std"],
-            BuildOptions(**meta["build"]),
+            # Models saved before these settings existed were built with ceil pooling and SAME NSC padding.
+            BuildOptions(**{"pooling": "ceil", "nsc_padding": "same", **meta["build"]}),
         )
         module.load_state_dict(state_dict, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, NasagentError) as exc:
