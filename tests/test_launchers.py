@@ -927,7 +927,9 @@ def test_trial_pipeline_compiles_with_the_platform_settings(tmp_path: Path) -> N
     assert {"name": "NASAGENT_ARTIFACTS", "value": "s3://b/p"} in container["env"]
     [config] = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
     secrets = {s["secretName"]: s for s in config["secretAsEnv"]}
-    assert secrets["nasagent-db"]["keyToEnv"] == [{"envVar": "NASAGENT_DB", "secretKey": "url"}]
+    # Trial runs connect as the trial role (it may only record trial results), never with the owner's Secret.
+    assert secrets["nasagent-trial-db"]["keyToEnv"] == [{"envVar": "NASAGENT_DB", "secretKey": "url"}]
+    assert "nasagent-db" not in secrets
     assert secrets["nasagent-s3"]["optional"] is True
     assert config["nodeSelector"]["labels"] == {"pool": "gpu"}
     assert config["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

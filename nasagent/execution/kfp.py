@@ -54,9 +54,9 @@ from kfp.dsl import Artifact, Metrics, Output
 from nasagent.core.trial import Fault, TrialOutcome, TrialSpec
 from nasagent.errors import AttemptError, ClusterError, PipelineApiError
 from nasagent.execution.cluster import (
-    DB_SECRET,
     S3_ENV,
     S3_SECRET,
+    TRIAL_DB_SECRET,
     Attempt,
     ClusterRunner,
     LauncherSettings,
@@ -122,7 +122,7 @@ def trial_pipeline(settings: LauncherSettings) -> Any:
         task.set_caching_options(False)  # an attempt that runs again must train again
         if settings.gpus_per_trial:
             task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(settings.gpus_per_trial)
-        kfp_kubernetes.use_secret_as_env(task, secret_name=DB_SECRET, secret_key_to_env={"url": "NASAGENT_DB"})
+        kfp_kubernetes.use_secret_as_env(task, secret_name=TRIAL_DB_SECRET, secret_key_to_env={"url": "NASAGENT_DB"})
         kfp_kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=dict(S3_ENV), optional=True)
         if settings.artifacts:
             task.set_env_variable("NASAGENT_ARTIFACTS", settings.artifacts)
