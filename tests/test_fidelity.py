@@ -239,6 +239,28 @@ def test_finetune_refits_and_reports_the_recipe(store: Store, tmp_path: Path) ->
         finetune_experiment(store, "f", artifacts, top=1, epochs=2, device="cpu", recipe="fancy")
 
 
+def test_a_refit_that_diverges_is_not_exported(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refit has no restarts; one that ends far below phase 1 (diverged) must not replace its model."""
+    import nasagent.results.finetune as finetune
+
+    arch = "[C(4,3,1), P(2,2), SM(10)]"
+    experiment = store.create_experiment("d", SearchConfig(dataset="digits", trials=1, epochs=1).to_dict())
+    with store.transaction() as tx:
+        trial = tx.insert_trial(experiment.id, arch, Architecture.parse(arch).digest, 1.0)
+        tx.finish_trial(trial, "done", 0.5, None, None, 1.0)
+    real = finetune.train_architecture
+
+    def diverging_refit(network, data, config, build, keep_weights=False):  # type: ignore[no-untyped-def]
+        result = real(network, data, config, build, keep_weights=keep_weights)
+        return dataclasses.replace(result, accuracy=0.1) if config.score == "final" else result
+
+    monkeypatch.setattr(finetune, "train_architecture", diverging_refit)
+    report = finetune_experiment(store, "d", open_artifacts(f"file://{tmp_path}/art"), top=1, epochs=2, device="cpu")
+    (row,) = report["models"]
+    assert row["refit"] is False and "kept the phase-1 model" in row["refit_rejected"]
+    assert row["status"] == "done" and 0.5 < row["test_accuracy"] <= 1.0  # the phase-1 model was exported
+
+
 # --- Finding 6: pooling rounds down by default; the builder agrees with the size tracking ------------
 
 

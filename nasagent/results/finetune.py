@@ -86,6 +86,11 @@ CIFAR_MAX_SHIFT = 5
 """§5: "random translation by up to 5 pixels"."""
 
 
+REFIT_TOLERANCE = 0.05
+"""How far below phase 1's validation accuracy a refit may end, on the validation images it trained on,
+before it counts as diverged (its model is then not exported; the phase-1 model is)."""
+
+
 def parse_schedule(text: str) -> Schedule:
     """``paper-cifar``, ``paper-svhn`` or ``LR:EPOCHS,...`` as (lr, epochs) phases; ConfigError if malformed."""
     text = PAPER_SCHEDULES.get(text.strip(), text)
@@ -220,13 +225,23 @@ def finetune_experiment(
         network = parse_network(trial.arch)
         result = train_architecture(network, data, train, build, keep_weights=True)
         val_accuracy, restarts = result.accuracy, result.restarts
+        refit_rejected: str | None = None
         if refit and full is not None and result.status == "done":
             # Phase 2: the same schedule from scratch on train + validation, at the learning rate phase 1
             # settled on, no restarts (nothing held out to judge by), the final epoch kept.
             factor = train.restart_factor**result.restarts
             steps = tuple((lr * factor, n) for lr, n in phases)
             final = dataclasses.replace(train, lr=steps[0][0], lr_steps=steps, max_restarts=0, score="final")
-            result = train_architecture(network, full, final, build, keep_weights=True)
+            refitted = train_architecture(network, full, final, build, keep_weights=True)
+            # With no restarts a refit can diverge; it saw the validation images, so ending far below
+            # phase 1's validation accuracy on them means it did: keep the phase-1 model then.
+            if refitted.status == "done" and refitted.accuracy >= val_accuracy - REFIT_TOLERANCE:
+                result = refitted
+            else:
+                refit_rejected = (
+                    f"refit ended at {refitted.accuracy:.4f} on data it trained on (phase 1: {val_accuracy:.4f}); "
+                    "kept the phase-1 model"
+                )
         row: dict[str, Any] = {
             "rank": rank,
             "trial_id": trial.id,
@@ -235,7 +250,8 @@ def finetune_experiment(
             "search_accuracy": trial.accuracy,
             "val_accuracy": val_accuracy,
             "test_accuracy": None,
-            "refit": refit,
+            "refit": refit and refit_rejected is None,
+            "refit_rejected": refit_rejected,
             "params": result.params,
             "epochs_run": result.epochs_run,
             "restarts": restarts,
