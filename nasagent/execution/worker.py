@@ -19,6 +19,7 @@ from nasagent.config import SearchConfig
 from nasagent.core.networks import parse_network
 from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_to_json, trial_seed
 from nasagent.errors import ConfigError, StoreError
+from nasagent.execution.cluster import ATTEMPT_ENV
 from nasagent.execution.epochs import EpochRecorder
 from nasagent.persistence.embedded import nasagent_home
 from nasagent.persistence.postgres import Store
@@ -26,9 +27,6 @@ from nasagent.training.checkpoints import save_trial_checkpoint
 from nasagent.training.data import DataBundle
 from nasagent.training.settings import TrialSettings
 from nasagent.training.trainer import EpochMetrics, train_architecture
-
-ATTEMPT_ENV = "NASAGENT_ATTEMPT"
-"""The attempt number a cluster launcher gives a trial pod (1, 2, ... as it retries)."""
 
 
 def run_trial(
