@@ -5,7 +5,8 @@ retried step resumes where it stopped) with a cluster launcher that starts one p
 (``kubernetes``: Jobs; ``kfp``: runs) up to ``parallelism`` at a time, or worker processes of
 the step (``local``, for ``kfp.local`` runs). With ``kubernetes`` the trial pods are built on
 the admin's Job template when the pipeline mounted one (ConfigMap ``nasagent-trial-template``)
-and get the CPU, memory and ``/dev/shm`` sizes given here. The step's log shows one line per finished trial,
+and get the CPU, memory and ``/dev/shm`` sizes given here. The step's log starts with the address of
+the experiment on the live dashboard (``dashboard_url``), then shows one line per finished trial,
 and the artifact store holds a leaderboard refreshed as trials finish
 (``<experiment>/reports/leaderboard.md``, ``.json``). At the end it writes the Markdown
 leaderboard, the HTML report (``nasagent report``) and Figure 3 as KFP artifacts, logs the
@@ -50,6 +51,7 @@ def search_agent(
     finetune_top: int,
     db_secret: str,
     s3_secret: str,
+    dashboard_url: str,
     leaderboard: Output[Markdown],
     report: Output[HTML],
     accuracy_plot: Output[HTML],
@@ -86,6 +88,7 @@ def search_agent(
         finetune_top: How many of the best architectures the pipeline finetunes.
         db_secret: Secret holding the database URL (key url); must be nasagent-db with a cluster launcher.
         s3_secret: Secret holding the S3 keys (accesskey, secretkey); the kubernetes launcher's trial pods read it too.
+        dashboard_url: The live dashboard the step's first line points to: "" for Kubeflow's, a URL, or none.
         leaderboard: The top 25 as a Markdown table.
         report: The self-contained HTML report (Figures 3, A2-A4, leaderboard, failures, timing).
         accuracy_plot: Figure 3 alone: the accuracy of every model in launch order.
@@ -100,6 +103,9 @@ def search_agent(
 
     name = kubeflow.experiment_name(experiment, run_name, run_id)
     kubeflow.check_trial_secrets(launcher, db_secret)
+    dashboard = kubeflow.dashboard_line(dashboard_url, name)
+    if dashboard:
+        print(dashboard, flush=True)
     kubeflow.use_s3_endpoint(s3_endpoint)
     url = kubeflow.artifacts_url(bucket)
     resources = kubeflow.TrialResources(

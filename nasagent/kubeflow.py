@@ -5,8 +5,10 @@ cannot share helpers with another; the few things they share live here, in the l
 images hold: where the artifact store is (``artifacts_url``, ``use_s3_endpoint``: by default the
 Kubeflow platform's own object store), the ``nasagent search`` command line of the agent step
 (``search_argv``, with the admin's trial Job template when the pipeline mounted one:
-``mounted_trial_template``), the ranks the finetune step fans out over (``finetune_ranks``), and
-the files and metrics the Kubeflow UI shows (``write_search_outputs``, ``ensemble_markdown``).
+``mounted_trial_template``), the address of the experiment on the live dashboard that the agent
+step prints when it starts (``dashboard_line``), the ranks the finetune step fans out over
+(``finetune_ranks``), and the files and metrics the Kubeflow UI shows (``write_search_outputs``,
+``ensemble_markdown``).
 Nothing here trains or decides anything: the components run the same ``nasagent`` code as the CLI.
 """
 
@@ -25,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from nasagent.errors import ConfigError
 from nasagent.execution.cluster import DB_SECRET, LAUNCHERS, TOLERATION_EFFECTS, dns_label
@@ -40,6 +43,13 @@ TRIAL_TEMPLATE_DIR = "/etc/nasagent/trial-template"
 """Where the pipeline mounts the admin's trial Job template ConfigMap in the agent's pod."""
 TRIAL_TEMPLATE_KEY = "job.yaml"
 """The ConfigMap key holding the Job (``manifests/``: ConfigMap ``nasagent-trial-template``)."""
+KUBEFLOW_DASHBOARD_PATH = "/nasagent/{namespace}/"
+"""The live dashboard's path on Kubeflow's gateway, behind its login
+(``manifests/components/dashboard/kubeflow``, routed by ``manifests/overlays/kubeflow``)."""
+LOCAL_DASHBOARD = "http://127.0.0.1:8080/"
+"""Where ``nasagent dashboard`` serves by default: the address for a run outside a cluster (``kfp.local``)."""
+NO_DASHBOARD = "none"
+"""The pipeline parameter ``dashboard_url`` that prints no address."""
 
 LogMetric = Callable[[str, float], None]
 
@@ -91,6 +101,52 @@ def experiment_name(experiment: str, run_name: str, run_id: str) -> str:
     if not run_id.strip():
         raise ConfigError("no experiment name: set the pipeline parameter experiment")
     return f"{dns_label(run_name, 40)}-{dns_label(run_id, 8)}"
+
+
+def dashboard_address(dashboard_url: str, experiment: str) -> str | None:
+    """The address of ``experiment``'s page on the live dashboard, from the pipeline parameter
+    ``dashboard_url``; None for ``"none"``.
+
+    ``""``: the dashboard of this pod's namespace through Kubeflow's gateway,
+    ``/nasagent/<namespace>/``, a path on the Kubeflow address the user browses (no pod knows
+    that address's public name); outside a pipeline pod (no ``$POD_NAMESPACE``: a ``kfp.local``
+    run) what ``nasagent dashboard`` serves, ``http://127.0.0.1:8080/``. Else an ``http(s)://``
+    URL or an absolute path, e.g. ``https://kubeflow.example.com/nasagent/<namespace>/``: the
+    dashboard's root there. The page of one experiment is its ``#/experiment/<name>`` (the route
+    of the dashboard's ``app.js``), the name percent-encoded whole, so that no name can break the
+    address or the line it is printed on. ConfigError for anything else (no query or fragment,
+    no spaces or control characters).
+    """
+    given = dashboard_url.strip()
+    if given.lower() == NO_DASHBOARD:
+        return None
+    if not given:
+        namespace = os.environ.get(NAMESPACE_ENV, "").strip()
+        given = KUBEFLOW_DASHBOARD_PATH.format(namespace=quote(namespace, safe="")) if namespace else LOCAL_DASHBOARD
+    parts = urlsplit(given)
+    url = parts.scheme in ("http", "https") and bool(parts.netloc)
+    path = not parts.scheme and not parts.netloc and parts.path.startswith("/")
+    printable = given.isprintable() and not any(ch.isspace() for ch in given)
+    if not (url or path) or parts.query or parts.fragment or "#" in given or not printable:
+        raise ConfigError(
+            f"dashboard_url must be an http(s) URL or a path like /nasagent/NAMESPACE/ (or {NO_DASHBOARD}), "
+            f"got {dashboard_url!r}"
+        )
+    root = given if given.endswith("/") else given + "/"
+    return f"{root}#/experiment/{quote(experiment, safe='')}"
+
+
+def dashboard_line(dashboard_url: str, experiment: str) -> str | None:
+    """The one line the agent step prints when it starts: where to watch ``experiment`` live
+    (``dashboard_address``), or None when ``dashboard_url`` is ``"none"``."""
+    address = dashboard_address(dashboard_url, experiment)
+    if address is None:
+        return None
+    if address.startswith("/"):
+        return f"live dashboard: {address} on your Kubeflow's address"
+    if not dashboard_url.strip():  # a run outside a cluster: the dashboard is the user's to start
+        return f"live dashboard: {address} (start it with `nasagent dashboard` on this database)"
+    return f"live dashboard: {address}"
 
 
 def check_trial_secrets(launcher: str, db_secret: str) -> None:

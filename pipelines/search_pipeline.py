@@ -23,7 +23,8 @@ file artifacts.
 Steps (pods), in order:
 
 1. ``prepare`` (trainer image, CPU): split the dataset once into the artifact store.
-2. ``search-agent`` (agent image, CPU, long-lived): ``nasagent search`` with the Kubernetes
+2. ``search-agent`` (agent image, CPU, long-lived): prints the experiment's address on the live
+   dashboard (``dashboard_url``), then ``nasagent search`` with the Kubernetes
    launcher: ``parallelism`` trial pods at a time, ``gpus_per_trial`` GPUs and the ``trial_*``
    CPU, memory and ``/dev/shm`` sizes each, built on the admin's Job template (the ConfigMap
    ``trial_template``, mounted when it exists), on the nodes ``gpu_node_selector`` /
@@ -227,6 +228,7 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
         s3_secret: str = PLATFORM_S3_SECRET,
         s3_endpoint: str = target.s3_endpoint,
         bucket: str = "",
+        dashboard_url: str = "",
         keep_top: int = 10,
         finetune_top: int = 10,
         finetune_epochs: int = 0,
@@ -268,6 +270,9 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
             s3_endpoint: S3 endpoint of the artifact store (the platform's object store by default).
             bucket: Artifact store: "" for s3://mlpipeline/private/<namespace>/nasagent, a bucket name,
                 or s3://BUCKET/PREFIX (file:///DIR locally).
+            dashboard_url: The live dashboard, where the agent step's log first points for this experiment:
+                "" for /nasagent/<namespace>/ on Kubeflow's address (manifests/overlays/kubeflow), a URL
+                such as https://kubeflow.example.com/nasagent/<namespace>/, or none.
             keep_top: Checkpoints kept during the search (the current top K).
             finetune_top: Architectures finetuned (10 in the paper); 0 skips finetuning and the ensemble.
             finetune_epochs: Finetuning epochs; 0 derives them from the dataset size.
@@ -307,6 +312,7 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
             finetune_top=finetune_top,
             db_secret=db_secret,
             s3_secret=s3_secret,
+            dashboard_url=dashboard_url,
         )
         search.set_container_image(agent_image).set_retry(3, backoff_duration="60s")
         # The launcher names the agent's pod as its trial Jobs' owner: deleting the run deletes them.

@@ -6,8 +6,9 @@ Scanned: every rendered overlay (``kubectl kustomize manifests/overlays/X``), th
 with the overlay's own trial template), scanned together with the overlay so that checkov's graph
 checks see the NetworkPolicies the Job's pods fall under, and both Dockerfiles. No check may fail;
 a check may be skipped only where the scanned file itself says why (``checkov:skip=ID:reason`` in a
-Dockerfile, a ``checkov.io/skip1: ID=reason`` annotation on the Job), and the skips are exactly the
-ones listed here. Skipped, with the reason why, if ``.venv-checkov`` is missing.
+Dockerfile, a ``checkov.io/skip1: ID=reason`` annotation on the Job or on the dashboard's
+Deployment), and the skips are exactly the ones listed here. Skipped, with the reason why, if
+``.venv-checkov`` is missing.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ OVERLAYS = sorted(p.name for p in (REPO / "manifests" / "overlays").iterdir() if
 DOCKERFILES = ("images/agent/Dockerfile", "images/trainer/Dockerfile")
 # A trial image as `make images-push` leaves it, pinned by its digest (what docs/cluster.md asks for).
 PINNED_IMAGE = "registry.example.com/ml/nasagent-trainer:0.1.0@sha256:" + "0" * 64
-# The only checks skipped anywhere, and where; each carries its reason in the scanned file.
-EXPECTED_SKIPS = {"trial Job": {"CKV_K8S_35"}, "Dockerfile": {"CKV_DOCKER_2"}}
+# The only checks skipped anywhere, and where; each carries its reason in the scanned file. In the
+# overlays: the image digest of the dashboard, nasagent's own image, known only once the admin has
+# pushed their build (its Deployment's annotation says so; test_manifests.py pins it by digest).
+EXPECTED_SKIPS = {"trial Job": {"CKV_K8S_35"}, "Dockerfile": {"CKV_DOCKER_2"}, "overlay": {"CKV_K8S_43"}}
+DASHBOARD = REPO / "manifests" / "components" / "dashboard" / "dashboard.yaml"
 
 pytestmark = pytest.mark.skipif(
     not CHECKOV.exists(),
@@ -157,6 +161,7 @@ def test_no_check_fails(scans: dict[str, dict[str, Any]]) -> None:
 
 def test_every_skip_is_expected_and_gives_its_reason_in_the_scanned_file(scans: dict[str, dict[str, Any]]) -> None:
     dockerfiles = "\n".join((REPO / f).read_text() for f in DOCKERFILES)
+    deployment = next(d for d in yaml.safe_load_all(DASHBOARD.read_text()) if d["kind"] == "Deployment")
     for name, entry in scans.items():
         kind = next((k for k in EXPECTED_SKIPS if name.startswith(k)), None)
         assert Counter(c["check_id"] for c in entry["skipped"]).keys() == EXPECTED_SKIPS.get(kind, set()), name
@@ -165,6 +170,9 @@ def test_every_skip_is_expected_and_gives_its_reason_in_the_scanned_file(scans: 
             assert len(reason) > 20 and reason != "No comment provided", f"{name}: {check['check_id']}"
             if kind == "Dockerfile":
                 assert f"checkov:skip={check['check_id']}:{reason}" in dockerfiles
+            elif kind == "overlay":
+                assert check["resource"].startswith("Deployment.") and check["resource"].endswith(".nasagent-dashboard")
+                assert f"{check['check_id']}={reason}" in deployment["metadata"]["annotations"].values()
             else:
                 assert f"{check['check_id']}={reason}" in TRIAL_JOB_ANNOTATIONS.values()
 

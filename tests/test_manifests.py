@@ -5,11 +5,14 @@ kubernetes-validate in strict mode (unknown fields are errors) against pinned Ku
 properties: the agent's Role holds exactly the verbs of the requests the real client adapter makes
 (derived here from those requests), the trials' ServiceAccount is bound to nothing, no secret
 values ship except the marked development defaults and pods read Secrets as files,
-NetworkPolicies admit only nasagent's agent and trials and cover every pod, data sit on
-PersistentVolumeClaims, pods run as a high non-root user with CPU and memory limits, server images
-are pinned by release and digest, the GPU overlays request GPUs, and only the overlays without a
-platform S3 store get nasagent's own SeaweedFS. tests/test_admission.py checks the pods against
-the Pod Security "restricted" profile, tests/test_checkov.py runs a real scanner.
+NetworkPolicies admit only nasagent's agent and trials (and PostgreSQL the dashboard) and cover
+every pod, data sit on PersistentVolumeClaims, pods run as a high non-root user with CPU and memory
+limits, server images are pinned by release and digest and nasagent's own by its release, the GPU
+overlays request GPUs, only the overlays without a platform S3 store get nasagent's own SeaweedFS,
+and every overlay has the live dashboard (components/dashboard), reachable in the Kubeflow overlay
+through Kubeflow's gateway at its namespace's path. tests/test_admission.py checks the pods against
+the Pod Security "restricted" profile, tests/test_checkov.py runs a real scanner,
+tests/test_dashboard_manifests.py the dashboard component on its own and its database role.
 
 There is no API server here: these tests check what would be applied, not a running cluster.
 """
@@ -37,16 +40,23 @@ from nasagent.execution.kubernetes import ClientApi, KubernetesApi, trial_job
 from nasagent.execution.launchers import launcher_settings
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # components/ lives at the repository root
+    sys.path.insert(0, str(REPO))
+
+from components import AGENT_IMAGE, REGISTRY  # noqa: E402
+
 MANIFESTS = REPO / "manifests"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-SECRET_NAMES = {"nasagent-postgres", "nasagent-db", "nasagent-trial-db", "nasagent-s3"}
+SECRET_NAMES = {"nasagent-postgres", "nasagent-db", "nasagent-trial-db", "nasagent-dashboard-db", "nasagent-s3"}
 DEV_MARK = "nasagent.io/development-defaults"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 WORKLOADS = ("StatefulSet", "Deployment", "DaemonSet", "Job")
 # Overlays whose namespace has no S3 store of the platform's, and so get components/seaweedfs.
 OWN_OBJECT_STORE = {"dev", "gpu"}
+# Overlays inside a Kubeflow profile namespace: the dashboard behind Kubeflow's gateway and login.
+KUBEFLOW = {"kubeflow"}
 
 
 def kustomization(overlay: str) -> dict[str, Any]:
@@ -138,6 +148,10 @@ def test_every_rendered_object_validates_strictly(
     objects = rendered[overlay] + [trial_template(rendered[overlay])]
     errors = []
     for obj in objects:
+        if obj["apiVersion"].startswith("networking.istio.io/"):
+            # No Kubernetes schema knows Istio's kinds (and no Istio schema is installed here): the
+            # dashboard's VirtualService is compared field by field in its own test below.
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
@@ -399,18 +413,21 @@ def test_dev_secrets_provide_every_referenced_key_consistently(rendered: dict[st
     env = {e["name"]: e["value"] for e in container["env"]}
     files = {
         name: mounted_secret_file(postgres, container, env[name])
-        for name in ("POSTGRES_PASSWORD_FILE", "NASAGENT_TRIAL_PASSWORD_FILE")
+        for name in ("POSTGRES_PASSWORD_FILE", "NASAGENT_TRIAL_PASSWORD_FILE", "NASAGENT_DASHBOARD_PASSWORD_FILE")
     }
     assert files == {
         "POSTGRES_PASSWORD_FILE": ("nasagent-postgres", "POSTGRES_PASSWORD"),
         "NASAGENT_TRIAL_PASSWORD_FILE": ("nasagent-postgres", "TRIAL_PASSWORD"),
+        "NASAGENT_DASHBOARD_PASSWORD_FILE": ("nasagent-postgres", "DASHBOARD_PASSWORD"),
     }
     service = one(objects, "Service", "postgres")
 
-    # nasagent-db is the owner (the agent), nasagent-trial-db the trial role; both reach that server.
+    # nasagent-db is the owner (the agent), nasagent-trial-db the trial role, nasagent-dashboard-db
+    # the dashboard's read-only role; all reach that server.
     for secret, user, password in (
         ("nasagent-db", env["POSTGRES_USER"], values["nasagent-postgres"]["POSTGRES_PASSWORD"]),
         ("nasagent-trial-db", "nasagent_trial", values["nasagent-postgres"]["TRIAL_PASSWORD"]),
+        ("nasagent-dashboard-db", "nasagent_dashboard", values["nasagent-postgres"]["DASHBOARD_PASSWORD"]),
     ):
         url = urlsplit(values[secret]["url"])
         assert (url.scheme, url.username, url.password) == ("postgresql", user, password), secret
@@ -419,10 +436,19 @@ def test_dev_secrets_provide_every_referenced_key_consistently(rendered: dict[st
             service["spec"]["ports"][0]["port"],
             f"/{env['POSTGRES_DB']}",
         ), secret
-    # The role the init script creates is the one migration 003 grants to.
-    migration = (REPO / "nasagent" / "persistence" / "migrations" / "003_trial_role.sql").read_text()
+    # The roles the init scripts create are the ones migrations 003 and 006 grant to.
+    migrations = REPO / "nasagent" / "persistence" / "migrations"
     assert "ALTER ROLE nasagent_trial LOGIN" in (MANIFESTS / "base" / "postgres-init.sh").read_text()
-    assert "TO nasagent_trial" in migration
+    assert "TO nasagent_trial" in (migrations / "003_trial_role.sql").read_text()
+    role_script = (MANIFESTS / "components" / "dashboard" / "dashboard-role.sh").read_text()
+    assert "ALTER ROLE nasagent_dashboard LOGIN" in role_script and "NASAGENT_DASHBOARD_PASSWORD_FILE" in role_script
+    assert "TO nasagent_dashboard" in (migrations / "006_trial_epochs.sql").read_text()
+
+    # The dashboard reads its URL from the file of nasagent-dashboard-db that it mounts.
+    dashboard = one(objects, "Deployment", "nasagent-dashboard")["spec"]["template"]["spec"]
+    command = dashboard["containers"][0]["command"]
+    db_file = next(arg.partition("=")[2] for arg in command if arg.startswith("--db-file="))
+    assert mounted_secret_file(dashboard, dashboard["containers"][0], db_file) == ("nasagent-dashboard-db", "url")
 
     # nasagent-s3 reaches SeaweedFS's S3 port, with keys that its identities file accepts.
     s3 = values["nasagent-s3"]
@@ -437,17 +463,51 @@ def test_dev_secrets_provide_every_referenced_key_consistently(rendered: dict[st
     assert config["identities"][0]["credentials"] == [{"accessKey": s3["access_key"], "secretKey": s3["secret_key"]}]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgres_does_not_start_without_a_password_its_init_scripts_read(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Secret nasagent-postgres's volume names every key a ``*_PASSWORD_FILE`` of PostgreSQL points
+    to: without one the pod does not start (the kubelet cannot find the key), rather than the init
+    scripts failing half-way through, after which a restart would skip them on the initialised
+    volume and leave a role without its login."""
+    postgres = one(rendered[overlay], "StatefulSet", "postgres")["spec"]["template"]["spec"]
+    container = postgres["containers"][0]
+    read = {
+        mounted_secret_file(postgres, container, e["value"])
+        for e in container["env"]
+        if e["name"].endswith("PASSWORD_FILE")
+    }
+    assert read == {("nasagent-postgres", key) for key in ("POSTGRES_PASSWORD", "TRIAL_PASSWORD", "DASHBOARD_PASSWORD")}
+    volume = next(v["secret"] for v in postgres["volumes"] if v["name"] == "credentials")
+    assert sorted((item["key"], item["path"]) for item in volume["items"]) == sorted((k, k) for _, k in read)
+    assert not volume.get("optional")
+    scripts = one(rendered[overlay], "ConfigMap", "nasagent-postgres-init")["data"]
+    assert sorted(scripts) == ["dashboard-role.sh", "trial-role.sh"]
+
+
 # --- network -------------------------------------------------------------------------------------
 
 
 AGENT_POD = {"app.kubernetes.io/part-of": "nasagent", "nasagent.io/role": "agent"}
 SERVERS = {"postgres": 5432, "seaweedfs": 8333}
+# Who may connect to each server, besides the agent and the trials: the dashboard reads the store.
+ALSO_ADMITTED = {"postgres": {"dashboard"}, "seaweedfs": set()}
+
+
+def dashboard_pod(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The labels of the dashboard's pods."""
+    return one(objects, "Deployment", "nasagent-dashboard")["spec"]["template"]["metadata"]["labels"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_admit_only_agent_and_trials(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_network_policies_admit_only_nasagents_own_pods(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     objects = rendered[overlay]
     trial = trial_template(objects)["spec"]["template"]["metadata"]["labels"]
+    dashboard = dashboard_pod(objects)
+    assert dashboard["nasagent.io/role"] == "dashboard"
     outsiders = [
         {"nasagent.io/role": "trial"},  # not part of nasagent
         {"app.kubernetes.io/part-of": "nasagent"},  # no role
@@ -472,6 +532,7 @@ def test_network_policies_admit_only_agent_and_trials(rendered: dict[str, list[d
             return any(selects(peer["podSelector"], labels) for peer in sources)
 
         assert admits(AGENT_POD) and admits(trial), server
+        assert admits(dashboard) == ("dashboard" in ALSO_ADMITTED[server]), server
         assert not any(admits(labels) for labels in outsiders), server
 
     # Agent and trial pods accept no connections; every pod of the overlay has a policy.
@@ -480,6 +541,21 @@ def test_network_policies_admit_only_agent_and_trials(rendered: dict[str, list[d
         assert [p["spec"].get("ingress") for p in denying] == [[]], labels
     for where, template in pod_specs(objects):
         assert any(selects(p["spec"]["podSelector"], template["metadata"]["labels"]) for p in policies), where
+
+    # The dashboard: only the Istio ingress gateway (Kubeflow's authenticated entry), on its port.
+    guarding = [p["spec"] for p in policies if selects(p["spec"]["podSelector"], dashboard)]
+    assert len(guarding) == 1 and guarding[0]["policyTypes"] == ["Ingress"]
+    assert guarding[0]["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+                    "podSelector": {"matchLabels": {"app": "istio-ingressgateway"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        }
+    ]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -540,7 +616,10 @@ def test_every_pod_runs_as_a_high_non_root_user_without_api_access(
         assert spec["securityContext"]["runAsUser"] >= 10000, where
         assert spec["securityContext"]["runAsGroup"] >= 10000, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
-        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false", where
+        # No Istio sidecar (a trial Job must be able to finish), but for the dashboard in a Kubeflow
+        # profile: there the sidecar is what applies the profile's authorization to it.
+        sidecar = overlay in KUBEFLOW and where == "Deployment/nasagent-dashboard"
+        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == str(sidecar).lower(), where
         for container in spec["containers"] + spec.get("initContainers", []):
             ctx = container["securityContext"]
             assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"] == {"drop": ["ALL"]}, where
@@ -549,18 +628,28 @@ def test_every_pod_runs_as_a_high_non_root_user_without_api_access(
             assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests), where
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_server_images_are_pinned_to_exact_releases_and_digests(
-    rendered: dict[str, list[dict[str, Any]]], overlay: str
-) -> None:
-    images = [
-        c["image"]
-        for obj in rendered[overlay]
+def workload_containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every container (and init container) of the workloads."""
+    return [
+        c
+        for obj in objects
         if obj["kind"] in WORKLOADS
         for c in obj["spec"]["template"]["spec"]["containers"]
         + obj["spec"]["template"]["spec"].get("initContainers", [])
     ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_images_are_pinned_to_exact_releases_and_digests(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    containers = workload_containers(rendered[overlay])
+    own = [c for c in containers if c["image"].startswith(f"{REGISTRY}/")]
+    images = [c["image"] for c in containers if c not in own]
     assert len(images) == (3 if overlay in OWN_OBJECT_STORE else 1)
+    # nasagent's own image (the dashboard's): the release the pipeline's steps run, pulled at every
+    # start until the admin pins the digest of the build they pushed (test below).
+    assert [(c["image"], c["imagePullPolicy"]) for c in own] == [(AGENT_IMAGE, "Always")]
     for image in images:
         reference, _, digest = image.partition("@")
         tag = reference.rsplit("/", 1)[-1].partition(":")[2]
@@ -568,6 +657,99 @@ def test_server_images_are_pinned_to_exact_releases_and_digests(
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{image} is not pinned by digest"
     # Trial images are chosen per experiment: the launcher sets --trial-image.
     assert all("image" not in c for c in trial_template(rendered[overlay])["spec"]["template"]["spec"]["containers"])
+
+
+def test_the_admin_pins_nasagents_own_image_by_digest_with_kustomize(tmp_path: Path) -> None:
+    """What docs/dashboard.md tells the admin to do after ``make images-push``: an ``images:`` entry
+    in their kustomization replaces the dashboard's image by their registry's build, by digest."""
+    digest = "sha256:" + "ab" * 32
+    root = tmp_path / "pinned"
+    root.mkdir()
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(MANIFESTS / "overlays" / "gpu", root)],
+                "images": [
+                    {
+                        "name": AGENT_IMAGE.partition(":")[0],
+                        "newName": "registry.example.com/ml/nasagent-agent",
+                        "digest": digest,
+                    }
+                ],
+            }
+        )
+    )
+    own = [c["image"] for c in workload_containers(render(root)) if "nasagent-agent" in c["image"]]
+    assert own == [f"registry.example.com/ml/nasagent-agent@{digest}"]
+
+
+# --- the dashboard -------------------------------------------------------------------------------
+
+
+def test_every_overlay_has_the_dashboard_and_kubeflow_its_route() -> None:
+    for overlay in OVERLAYS:
+        components = [Path(c).as_posix() for c in kustomization(overlay).get("components", [])]
+        assert "../../components/dashboard" in components, overlay
+        kubeflow_part = "../../components/dashboard/kubeflow"
+        assert (kubeflow_part in components) == (overlay in KUBEFLOW), overlay
+        if overlay in KUBEFLOW:  # it patches the dashboard's Deployment, so it comes after it
+            assert components.index(kubeflow_part) > components.index("../../components/dashboard")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dashboard_is_served_inside_the_cluster_only(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    deployment = one(objects, "Deployment", "nasagent-dashboard")
+    service = one(objects, "Service", "nasagent-dashboard")
+    assert service["spec"]["type"] == "ClusterIP" and selects(
+        {"matchLabels": service["spec"]["selector"]}, deployment["spec"]["template"]["metadata"]["labels"]
+    )
+    assert not find(objects, "Ingress") and all(
+        s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in find(objects, "Service")
+    )
+    routes = find(objects, "VirtualService")
+    if overlay not in KUBEFLOW:
+        assert not routes  # kubectl port-forward svc/nasagent-dashboard 8080:80
+        return
+    # Kubeflow: /nasagent/<namespace>/ on Kubeflow's own gateway (behind its login) to the Service.
+    namespace = kustomization(overlay)["namespace"]
+    [route] = routes
+    assert set(route) == {"apiVersion", "kind", "metadata", "spec"}
+    assert route["apiVersion"] == "networking.istio.io/v1beta1" and set(route["spec"]) == {"gateways", "hosts", "http"}
+    assert route["spec"]["gateways"] == ["kubeflow/kubeflow-gateway"] and route["spec"]["hosts"] == ["*"]
+    http = {rule["name"]: rule for rule in route["spec"]["http"]}
+    assert [set(rule) for rule in route["spec"]["http"]] == [
+        {"name", "match", "redirect"},
+        {"name", "match", "rewrite", "route"},
+    ]
+    assert http["nasagent-dashboard"]["rewrite"] == {"uri": "/"}  # the page asks by relative URLs
+    assert http["nasagent-dashboard-slash"]["match"] == [{"uri": {"exact": f"/nasagent/{namespace}"}}]
+    assert http["nasagent-dashboard-slash"]["redirect"] == {"uri": f"/nasagent/{namespace}/"}
+    assert http["nasagent-dashboard"]["match"] == [{"uri": {"prefix": f"/nasagent/{namespace}/"}}]
+    destination = http["nasagent-dashboard"]["route"][0]["destination"]
+    assert destination == {"host": service["metadata"]["name"], "port": {"number": service["spec"]["ports"][0]["port"]}}
+    links = json.loads(
+        (MANIFESTS / "components" / "dashboard" / "kubeflow" / "centraldashboard-links.json").read_text()
+    )
+    assert [link["link"] for link in links["menuLinks"]] == [f"/nasagent/{namespace}/"]
+
+
+def test_the_dashboards_route_follows_the_kubeflow_overlays_namespace(tmp_path: Path) -> None:
+    """Another profile: change the overlay's one namespace line, and the route is that namespace's."""
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    path = copy / "overlays" / "kubeflow" / "kustomization.yaml"
+    text = path.read_text()
+    assert text.count("namespace: kubeflow-user-example-com\n") == 1
+    path.write_text(text.replace("namespace: kubeflow-user-example-com\n", "namespace: team-vision\n"))
+    route = one(render(path.parent), "VirtualService", "nasagent-dashboard")
+    assert route["metadata"]["namespace"] == "team-vision"
+    uris = json.dumps(route["spec"]["http"])
+    assert "kubeflow-user-example-com" not in uris and uris.count("/nasagent/team-vision") == 3
 
 
 # --- trials and GPUs -----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The search pipeline: each committed YAML (one per supported KFP backend) is what the code
 compiles to, its parameters and Kubernetes settings are the documented ones (requests and limits,
 deadlines, the platform's object store, the admin's trial template, the non-root user where the
-backend can set it), and the compiled file runs end to end under
+backend can set it), the agent step prints its experiment's address on the live dashboard first
+(and never a broken one), and the compiled file runs end to end under
 kfp.local (SubprocessRunner in this environment) against the real embedded PostgreSQL with file
 artifacts: prepare -> search agent (local worker processes) -> finetune the top 2 in a
 ParallelFor -> ensemble. Every reported number is recomputed from the artifacts it describes.
@@ -13,14 +14,18 @@ in the compiled spec, not run; tests/test_support_matrix.py checks that each bac
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import torch
 import yaml
 
+from nasagent.errors import ConfigError
+from nasagent.kubeflow import dashboard_address, dashboard_line
 from nasagent.persistence.artifacts import open_artifacts
 from nasagent.persistence.postgres import Store
 from nasagent.training.checkpoints import checkpoint_ids
@@ -73,6 +78,7 @@ PARAMETERS = {
     "s3_secret": ("STRING", "mlpipeline-minio-artifact"),  # the profile namespace's own object-store keys
     "s3_endpoint": ("STRING", "per target"),
     "bucket": ("STRING", None),
+    "dashboard_url": ("STRING", None),  # "": the dashboard's path on Kubeflow's gateway in the run's namespace
     "keep_top": ("NUMBER_INTEGER", 10.0),
     "finetune_top": ("NUMBER_INTEGER", 10.0),
     "finetune_epochs": ("NUMBER_INTEGER", 0.0),
@@ -236,6 +242,86 @@ def test_kubernetes_settings_of_every_step(target: Target) -> None:
         assert "pip install" not in " ".join(container["command"]) and "import nasagent" not in container["command"][0]
 
 
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_the_agent_step_prints_its_dashboard_address_before_it_searches(target: Target) -> None:
+    """The run's ``dashboard_url`` reaches the agent step, whose code prints the address first,
+    before anything is created (a bad ``dashboard_url`` then stops the step with nothing made)."""
+    spec, _ = compiled(target)
+    task = spec["root"]["dag"]["tasks"]["search-agent"]
+    assert task["inputs"]["parameters"]["dashboard_url"] == {"componentInputParameter": "dashboard_url"}
+    component = spec["components"][task["componentRef"]["name"]]
+    assert component["inputDefinitions"]["parameters"]["dashboard_url"]["parameterType"] == "STRING"
+    source = spec["deploymentSpec"]["executors"]["exec-search-agent"]["container"]["command"][-1]
+    body = source.partition("import collections")[2]
+    printed = body.index("dashboard = kubeflow.dashboard_line(dashboard_url, name)\n    if dashboard:\n        print(")
+    assert printed < body.index("kubeflow.run_cli(") and printed < body.index("open_artifacts(")
+
+
+HOSTILE = 'a/b\n#/trial/1?x=1&y=<script>alert("x")</script> ü%2F\u2028 \t'
+
+
+def test_the_dashboard_address_of_an_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the agent step prints: its experiment's page (the dashboard's ``#/experiment/NAME``
+    route), where the run can reach it."""
+    monkeypatch.setenv("POD_NAMESPACE", "team-vision")
+    # By default: the dashboard's path on Kubeflow's gateway, in the run's namespace
+    # (manifests/overlays/kubeflow routes /nasagent/<namespace>/ to it).
+    assert dashboard_address("", "cifar-run-3f2a9c1e") == "/nasagent/team-vision/#/experiment/cifar-run-3f2a9c1e"
+    assert dashboard_line(" ", "cifar-run-3f2a9c1e") == (
+        "live dashboard: /nasagent/team-vision/#/experiment/cifar-run-3f2a9c1e on your Kubeflow's address"
+    )
+    # Given: that dashboard's root, with or without its trailing slash.
+    for given in (
+        "https://kubeflow.example.com/nasagent/team-vision",
+        "https://kubeflow.example.com/nasagent/team-vision/",
+    ):
+        assert (
+            dashboard_line(given, "s1")
+            == "live dashboard: https://kubeflow.example.com/nasagent/team-vision/#/experiment/s1"
+        )
+    assert dashboard_address("http://127.0.0.1:8080", "s1") == "http://127.0.0.1:8080/#/experiment/s1"  # port-forward
+    assert dashboard_address("/nasagent/team-vision/", "s1") == "/nasagent/team-vision/#/experiment/s1"
+    # Off.
+    assert dashboard_address("none", "s1") is None and dashboard_line(" None ", "s1") is None
+    # Outside a pipeline pod (kfp.local): what `nasagent dashboard` serves by default.
+    monkeypatch.delenv("POD_NAMESPACE")
+    assert dashboard_line("", "s1") == (
+        "live dashboard: http://127.0.0.1:8080/#/experiment/s1 (start it with `nasagent dashboard` on this database)"
+    )
+
+
+def test_a_hostile_experiment_name_cannot_break_the_address_or_the_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "team-vision")
+    line = dashboard_line("", HOSTILE)
+    assert line is not None and line.isprintable() and len(line.splitlines()) == 1
+    address = line.split()[2]
+    root, _, encoded = address.partition("#/experiment/")
+    assert root == "/nasagent/team-vision/"
+    # One path segment of the page's route (app.js splits on "/" and "?", then decodeURIComponent).
+    assert set(encoded) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789%-._~")
+    assert unquote(encoded) == HOSTILE
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "javascript:alert(1)",
+        "kubeflow.example.com/nasagent/ns/",  # no scheme: neither a URL nor an absolute path
+        "//evil.example.com/x",
+        "ftp://kubeflow.example.com/",
+        "https://",
+        "https://kubeflow.example.com/?next=/x",
+        "https://kubeflow.example.com/#/experiment/other",
+        "https://kubeflow.example.com/a b/",
+        "https://kubeflow.example.com/\nforged line",
+    ],
+)
+def test_a_bad_dashboard_url_is_one_clear_error(given: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        dashboard_address(given, "s1")
+    assert str(caught.value).startswith("dashboard_url must be an http(s) URL") and "\n" not in str(caught.value)
+
+
 def test_step_pods_on_kfp_2_16_meet_the_restricted_profile_where_the_pipeline_decides() -> None:
     """Pod Security Standards, "restricted" (kubernetes.io/docs/concepts/security/pod-security-standards):
     the fields it constrains are volume types, allowPrivilegeEscalation (false), runAsNonRoot
@@ -258,12 +344,13 @@ def test_step_pods_on_kfp_2_16_meet_the_restricted_profile_where_the_pipeline_de
 
 
 def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv(
         "NASAGENT_DB", db_url
     )  # every step is a subprocess: the URL reaches them through the environment
     monkeypatch.setenv("NASAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)  # as on a laptop: no pipeline pod's namespace
     bucket = f"file://{tmp_path}/artifacts"
     arguments = {
         **LOCAL_ARGUMENTS,
@@ -284,6 +371,11 @@ def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
     name = outputs["experiment"]
     assert name == "pipe-e2e"
     store = open_artifacts(bucket)
+    # The agent step's log (kfp.local prints it here) points to the experiment's live page first.
+    log = capsys.readouterr().out
+    assert "live dashboard: http://127.0.0.1:8080/#/experiment/pipe-e2e (start it with `nasagent dashboard`" in log
+    first_trial = re.search(r"trial \d+ .* -> ", log)  # the search's line per finished trial
+    assert first_trial and log.index("live dashboard:") < first_trial.start()
 
     # The search: 3 architectures on the prepared digits split, recorded in PostgreSQL.
     with Store.connect(db_url) as db:

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run once by the PostgreSQL image when it initialises an empty volume (/docker-entrypoint-initdb.d),
 # beside base's trial-role.sh: creates the login role of the dashboard, nasagent_dashboard, with the
-# password in /run/secrets/nasagent-postgres/DASHBOARD_PASSWORD (Secret nasagent-postgres, key
+# password in $NASAGENT_DASHBOARD_PASSWORD_FILE (this component sets it on PostgreSQL's container:
+# /run/secrets/nasagent-postgres/DASHBOARD_PASSWORD, Secret nasagent-postgres, key
 # DASHBOARD_PASSWORD; the same password as in Secret nasagent-dashboard-db's url). It may read and
 # nothing else: schema migration 006 (nasagent/persistence/migrations/006_trial_epochs.sql) grants
 # it SELECT on every table when the agent first connects. On a volume initialised before, run the
