@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="kubernetes: print the trial Job as YAML and exit (no cluster, no database is contacted)",
     )
+    _limit_flags(search)
+    _early_stop_flags(search)
 
     status = sub.add_parser("status", help="where a search stands")
     status.add_argument("--experiment", required=True)
@@ -150,6 +152,82 @@ def build_parser() -> argparse.ArgumentParser:
     for module in pkgutil.iter_modules(commands.__path__):
         importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
     return parser
+
+
+def _limit_flags(search: argparse.ArgumentParser) -> None:
+    """``search``'s deployment limits and objective (``nasagent.core.limits``, ``nasagent.core.objective``)."""
+    search.add_argument(
+        "--max-params", type=int, metavar="N", help="never propose a network with more trainable parameters"
+    )
+    search.add_argument("--max-macs", type=int, metavar="N", help="never propose a network with more MACs per image")
+    search.add_argument(
+        "--max-latency-ms",
+        type=float,
+        metavar="MS",
+        help="batch-1 latency on the trial's device; a slower network's reward is x MS / latency (MnasNet's hard form)",
+    )
+    search.add_argument(
+        "--objective", help="accuracy (default) | mnas: accuracy x (metric / target)^weight (MnasNet's soft form)"
+    )
+    search.add_argument("--objective-metric", help="mnas: latency (default) | params | macs")
+    search.add_argument(
+        "--objective-target", type=float, help="mnas: the metric's target (default: its --max-... limit)"
+    )
+    search.add_argument("--objective-weight", type=float, help="mnas: the exponent w (default -0.07, MnasNet's)")
+
+
+def _early_stop_flags(search: argparse.ArgumentParser) -> None:
+    """``search``'s early stopping of hopeless trials (``nasagent.stopping``), stored with the experiment."""
+    search.add_argument(
+        "--early-stop",
+        metavar="RULE",
+        help="none (default: every trial trains to the end) | median (Katib's median stopping rule) | predict "
+        "(Baker et al. 2018: nu-SVR performance prediction)",
+    )
+    search.add_argument(
+        "--early-stop-min-trials",
+        type=int,
+        metavar="N",
+        help="fully trained trials before the rule is used (default: median 3, predict 100)",
+    )
+    search.add_argument(
+        "--early-stop-start-epoch",
+        type=int,
+        metavar="T",
+        help="first epoch of a trial that is judged (default: median 4, predict 1)",
+    )
+    search.add_argument(
+        "--early-stop-retrain-every",
+        type=int,
+        metavar="N",
+        help="predict: refit the predictor after this many more trained trials (default 10)",
+    )
+    search.add_argument(
+        "--early-stop-delta",
+        type=float,
+        metavar="DELTA",
+        help="predict: stop when P(final accuracy <= best so far) >= DELTA (default 0.99)",
+    )
+    search.add_argument(
+        "--early-stop-wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long a trial waits for the agent's decision after each epoch before training on (default 10)",
+    )
+
+
+def _early_stop_given(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--early-stop*`` flags given, as ``SearchConfig.early_stop`` takes them (None: none given)."""
+    given = {
+        "rule": args.early_stop,
+        "min_trials": args.early_stop_min_trials,
+        "start_epoch": args.early_stop_start_epoch,
+        "retrain_every": args.early_stop_retrain_every,
+        "delta": args.early_stop_delta,
+        "wait_seconds": args.early_stop_wait,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,12 +260,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "val_size": args.val_size,
         "data_dir": args.data_dir,
+        "max_params": args.max_params,
+        "max_macs": args.max_macs,
+        "max_latency_ms": args.max_latency_ms,
+        "objective": args.objective,
+        "objective_metric": args.objective_metric,
+        "objective_target": args.objective_target,
+        "objective_weight": args.objective_weight,
     }
     q = {
         k: v for k, v in (("q_init", args.q_init), ("alpha", args.alpha), ("replay_k", args.replay_k)) if v is not None
     }
     if q:
         given["qlearning"] = q
+    given["early_stop"] = _early_stop_given(args)
     if args.option or args.policy:
         given["options"] = parse_option_pairs(args.option)
         if args.policy:

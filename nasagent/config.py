@@ -10,9 +10,12 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from nasagent.core.limits import Limits
+from nasagent.core.objective import Objective
 from nasagent.errors import ConfigError
 from nasagent.persistence.embedded import nasagent_home
 from nasagent.spaces.metaqnn import MetaQNNSpace, SpaceConfig, load_space
+from nasagent.stopping.settings import EarlyStopConfig
 from nasagent.strategies.base import Strategy, StrategyContext
 from nasagent.strategies.qlearning import QLearningConfig
 from nasagent.strategies.registry import ACTS_IN_NAS_ENV, STRATEGIES, make_strategy
@@ -77,6 +80,23 @@ class SearchConfig:
     """The resolved space, stored so a resume uses it even if the preset file changes."""
     extensions: list[dict[str, Any]] = field(default_factory=list)
     """Each ``nasagent extend`` of the budget: ``{"trials": before, "schedule": before, "added": n, "epsilon": ε}``."""
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    """``--early-stop`` and its ``--early-stop-*`` settings (``nasagent.stopping.settings``); a dict
+    (or a rule name) is accepted and turned into an ``EarlyStopConfig``."""
+    max_params: int | None = None
+    """``--max-params``: no network with more trainable parameters is proposed (``nasagent.core.limits``)."""
+    max_macs: int | None = None
+    """``--max-macs``: no network with more MACs per image is proposed."""
+    max_latency_ms: float | None = None
+    """``--max-latency-ms``: a network slower than this (batch 1, trial's device) has its reward penalised."""
+    objective: str = "accuracy"
+    """``--objective``: ``accuracy`` (the paper's reward) or ``mnas`` (``nasagent.core.objective``)."""
+    objective_metric: str | None = None
+    """mnas: ``latency`` (default), ``params`` or ``macs``; resolved when the experiment is created."""
+    objective_target: float | None = None
+    """mnas: the metric's target T; default the limit of the metric's kind."""
+    objective_weight: float | None = None
+    """mnas: the exponent w (default -0.07, MnasNet's)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -96,6 +116,25 @@ class SearchConfig:
         if not self.space_spec:
             self.space_spec = load_space(self.space).to_dict()
         self.epsilon_schedule()  # validates --schedule against --trials
+        self.early_stop = EarlyStopConfig.from_value(self.early_stop)  # flags and stored configs give a dict
+        self.early_stop.check_epochs(int(self.epochs))
+        resolved = self.objective_rule()  # validates the limits and the objective; stored resolved
+        self.objective_metric, self.objective_target, self.objective_weight = (
+            resolved.metric,
+            resolved.target,
+            resolved.weight,
+        )
+
+    def limits(self) -> Limits:
+        """``--max-params``, ``--max-macs`` and ``--max-latency-ms`` (ConfigError for a bad value)."""
+        return Limits(self.max_params, self.max_macs, self.max_latency_ms)
+
+    def objective_rule(self) -> Objective:
+        """What the search maximises: the reward rule of ``--objective`` and ``--max-latency-ms``."""
+        limits = self.limits()
+        return Objective.resolve(
+            self.objective, self.objective_metric, self.objective_target, self.objective_weight, limits.to_json()
+        )
 
     def space_config(self) -> SpaceConfig:
         return SpaceConfig.from_dict(self.space_spec, source=self.space)
@@ -111,8 +150,8 @@ class SearchConfig:
     def space_size(self, input_shape: tuple[int, int, int], num_classes: int) -> int | None:
         """How many distinct architectures the strategy can propose for this data, when that is
         known (strategies walking the MetaQNN space); None otherwise."""
-        if self.strategy not in SEARCHES_METAQNN_SPACE:
-            return None
+        if self.strategy not in SEARCHES_METAQNN_SPACE or self.limits().sized:
+            return None  # under size limits only a part of the space is proposed, of a size not counted
         return MetaQNNSpace(self.space_config(), min(input_shape[1:]), num_classes).count()
 
     def extended(self, trials: int, epsilon: float | None = None) -> SearchConfig:
@@ -185,6 +224,7 @@ class SearchConfig:
             num_classes=num_classes,
             space=self.space_config(),
             schedule=self.epsilon_schedule(),
+            limits=self.limits(),
         )
 
     def make_strategy(self, input_shape: tuple[int, int, int], num_classes: int) -> Strategy:
@@ -203,7 +243,26 @@ class SearchConfig:
 
 
 # Fields a resume may not change: they define what the experiment's numbers mean.
-IDENTITY = ("dataset", "space", "strategy", "trials", "schedule", "epochs", "seed", "val_size", "qlearning", "options")
+IDENTITY = (
+    "dataset",
+    "space",
+    "strategy",
+    "trials",
+    "schedule",
+    "epochs",
+    "seed",
+    "val_size",
+    "qlearning",
+    "options",
+    "early_stop",
+    "max_params",
+    "max_macs",
+    "max_latency_ms",
+    "objective",
+    "objective_metric",
+    "objective_target",
+    "objective_weight",
+)
 
 
 def resume_config(stored: dict[str, Any], given: dict[str, Any], name: str) -> SearchConfig:
@@ -217,6 +276,14 @@ def resume_config(stored: dict[str, Any], given: dict[str, Any], name: str) -> S
             continue
         if key == "qlearning":
             value = QLearningConfig(**{**asdict(config.qlearning), **value})
+        if key == "early_stop":  # only the settings given again are compared: the others keep their values
+            changed = config.early_stop.differences(value if isinstance(value, dict) else {"rule": value})
+            if changed:
+                raise ConfigError(
+                    f"experiment {name!r} exists with {_show(config.early_stop)}, not {', '.join(changed)}; "
+                    "resume with the same values or start a new --experiment"
+                )
+            continue
         current = getattr(config, key)
         earlier = [extension.get(key) for extension in config.extensions] if key in ("trials", "schedule") else []
         if value != current and value not in earlier:
@@ -228,4 +295,6 @@ def resume_config(stored: dict[str, Any], given: dict[str, Any], name: str) -> S
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, EarlyStopConfig):
+        return value.describe()
     return str(asdict(value)) if isinstance(value, QLearningConfig) else str(value)

@@ -387,7 +387,8 @@ def _figure_page(title: str, figure: Any | None) -> str:
 def log_trial_metrics(outcome: dict[str, Any], log_metric: LogMetric) -> None:
     """The metrics of one trial (``nasagent trial``'s outcome JSON)."""
     log_metric("accuracy", float(outcome["accuracy"]))
-    log_metric("failed", 0.0 if outcome["status"] == "done" else 1.0)
+    log_metric("failed", 1.0 if outcome["status"] == "failed" else 0.0)
+    log_metric("stopped", 1.0 if outcome["status"] == "stopped" else 0.0)  # early (--early-stop)
     for key in ("params", "train_seconds"):
         if outcome.get(key) is not None:
             log_metric(key, float(outcome[key]))

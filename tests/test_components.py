@@ -197,7 +197,7 @@ def test_leaderboard_is_published_when_a_trial_finishes(
     markdown = artifacts.get_bytes(md_key).decode()
     assert (
         "3 of 4 models trained, 1 failed" in markdown
-        and "| 1 | 0.9000 | 1,000 | 1.00 | `[FC(32), SM(10)]` |" in markdown
+        and "| 1 | 0.9000 | 1,000 | - | - | 1.00 | `[FC(32), SM(10)]` |" in markdown
     )
 
     artifacts.delete(json_key)

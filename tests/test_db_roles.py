@@ -29,14 +29,19 @@ from nasagent.persistence.postgres import Store
 ARCH = "[SM(10)]"  # quick to train: the point is the database, not the network
 EXPERIMENT = "roles"
 INIT_SCRIPT = Path(__file__).resolve().parent.parent / "manifests" / "base" / "postgres-init.sh"
-# What record_trial uses: everything the role may touch.
-TRIAL_TABLES = {"schema_migrations", "experiments", "trials", "trial_results"}
+# What record_trial uses: everything the role may touch (trial_decisions: the agent's early-stopping
+# decisions, read after each epoch; migration 007).
+TRIAL_TABLES = {"schema_migrations", "experiments", "trials", "trial_results", "trial_decisions"}
 
 
 @pytest.fixture
 def trial_id(store: Store) -> int:
-    """One trial of a new experiment on digits, recorded as running (as the agent submits it)."""
-    experiment = store.create_experiment(EXPERIMENT, SearchConfig(dataset="digits", epochs=1).to_dict())
+    """One trial of a new experiment on digits, recorded as running (as the agent submits it). The
+    experiment stops trials early (no agent answers here: the trial waits a moment and trains on),
+    so that the trial reads decisions too."""
+    early_stop = {"rule": "median", "start_epoch": 1, "wait_seconds": 0.2}
+    config = SearchConfig(dataset="digits", epochs=2, early_stop=early_stop)
+    experiment = store.create_experiment(EXPERIMENT, config.to_dict())
     arch = Architecture.parse(ARCH)
     with store.transaction() as tx:
         return tx.insert_trial(experiment.id, str(arch), arch.digest, 1.0)
@@ -100,6 +105,7 @@ def test_every_privilege_of_the_trial_role_is_needed(
             ("trial_results", "outcome", "UPDATE"),
             ("trial_results", "created_at", "UPDATE"),
             ("trial_epochs", None, "INSERT"),  # its learning curve, epoch by epoch (migration 006)
+            ("trial_decisions", None, "SELECT"),  # the agent's early-stopping decisions (migration 007)
         }
         for table, column, privilege in sorted(held, key=str):
             what = f"{privilege} ({column})" if column else privilege

@@ -335,6 +335,7 @@ def test_counts_and_top(store: Store) -> None:
         "unique_trained": 0,
         "running": 0,
         "failed": 0,
+        "stopped": 0,
         "trials_done": 0,
         "best_accuracy": None,
     }
@@ -345,6 +346,7 @@ def test_counts_and_top(store: Store) -> None:
         ("c", "failed", 0.0),
         ("d", "done", 0.9),
         ("e", "running", None),
+        ("f", "stopped", 0.95),  # early (--early-stop): its reward is a prediction, not a trained accuracy
     ]
     ids = {}
     with store.transaction() as tx:
@@ -354,8 +356,16 @@ def test_counts_and_top(store: Store) -> None:
                 tx.finish_trial(ids[digest], status, accuracy, 10, "boom" if status == "failed" else None, 1.0)
                 tx.append_replay(exp, ids[digest], f"[{digest}]", accuracy)
         tx.append_replay(exp, ids["b"], "[b]", 0.9)  # a replay-dictionary hit
-    assert store.counts(exp) == {"unique_trained": 4, "running": 1, "failed": 1, "trials_done": 5, "best_accuracy": 0.9}
+    assert store.counts(exp) == {
+        "unique_trained": 5,
+        "running": 1,
+        "failed": 1,
+        "stopped": 1,
+        "trials_done": 6,
+        "best_accuracy": 0.9,
+    }
     assert [t.digest for t in store.top(exp, 3)] == ["b", "d", "a"]
+    assert [t.digest for t in store.top(exp, 3, stopped=True)] == ["f", "b", "d"]
     assert [t.digest for t in store.top(exp, 10)] == ["b", "d", "a"]
     assert store.top(exp, 0) == []
 

@@ -28,6 +28,9 @@ class TrialStatus(str, Enum):
     """Trained; its accuracy is the reward."""
     FAILED = "failed"
     """The network could not be trained (diverged, out of memory, crashed): chance-level reward."""
+    STOPPED = "stopped"
+    """Stopped early by the experiment's rule (``--early-stop``): it counts towards the budget; its
+    reward is the predicted final accuracy (``predict``) or the best accuracy it reached (``median``)."""
 
     def __str__(self) -> str:
         return self.value
@@ -97,6 +100,11 @@ class TrialOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     fault: Fault | None = None
     """Set for an infrastructure failure (``infrastructure_failure``): not a result, never a reward."""
+    macs: int | None = None
+    """Multiply-accumulates of one image's forward pass (``nasagent.core.cost``); None if unknown."""
+    latency_ms: float | None = None
+    """Batch-1 inference latency on the trial's device, median of repeats (``nasagent.training.latency``);
+    None when not measured (a failed training)."""
 
     @classmethod
     def failed(cls, trial_id: int, reason: str, num_classes: int, worker: str | None = None) -> TrialOutcome:

@@ -64,6 +64,9 @@ def _trial_json(row: dict[str, Any]) -> dict[str, Any]:
     out["status"] = str(out["status"])
     for key in ("accuracy", "epsilon"):
         out[key] = _round(out.get(key))
+    # The reward is the objective's value (migration 008); older rows' reward was their accuracy.
+    out["reward"] = _round(out.get("reward")) if out.get("reward") is not None else out.get("accuracy")
+    out["latency_ms"] = _round(out.get("latency_ms"), 3)
     out["train_seconds"] = _round(out.get("train_seconds"), 2)
     for key in ("started_at", "finished_at"):
         out[key] = _time(out.get(key))
@@ -236,7 +239,7 @@ def trials_page(
     if order not in ("asc", "desc"):
         raise ConfigError(f"order must be asc or desc, got {order!r}")
     if status is not None and status not in {s.value for s in TrialStatus}:
-        raise ConfigError(f"status must be running, done or failed, got {status!r}")
+        raise ConfigError(f"status must be one of {', '.join(s.value for s in TrialStatus)}, got {status!r}")
     if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
         raise ConfigError(f"offset must be >= 0 and limit within 1..{MAX_PAGE_SIZE}")
     experiment = store.get_experiment(name)
@@ -370,6 +373,8 @@ def trial_detail(store: ReadOnlyStore, trial_id: int, artifacts: ArtifactStore |
         checkpoint = {"key": key, "kept": artifacts.exists(key)}
     row = {name: getattr(trial, name) for name in ("id", "arch", "status", "accuracy", "params", "epsilon")}
     row.update({name: getattr(trial, name) for name in ("train_seconds", "worker", "failure", "attempts", "digest")})
+    row.update({name: info.get(name) for name in ("stopped_epoch", "predicted_accuracy")})  # --early-stop
+    row.update({name: getattr(trial, name) for name in ("macs", "latency_ms", "reward")})
     return {
         "experiment": experiment.name,
         "trial": _trial_json({**row, "started_at": trial.started_at, "finished_at": trial.finished_at}),

@@ -28,6 +28,9 @@ SORT_COLUMNS = {
     "time": "train_seconds",
     "id": "id",
     "finished": "finished_at",
+    "reward": "COALESCE(reward, accuracy)",  # the objective's value; older rows' reward was their accuracy
+    "macs": "macs",
+    "latency": "latency_ms",
 }
 """Leaderboard sort keys (the query string's ``sort``) and their columns."""
 
@@ -44,7 +47,16 @@ TRIAL_FIELDS = (
     "attempts",
     "started_at",
     "finished_at",
+    "macs",
+    "latency_ms",
+    "reward",
 )
+
+
+STOP_FIELDS = ("stopped_epoch", "predicted_accuracy")
+"""Where an early-stopped trial stopped and its predicted final accuracy (``--early-stop``; None
+for other trials), read from its ``info`` beside ``TRIAL_FIELDS``."""
+_STOP_SQL = "(info->>'stopped_epoch')::int, (info->>'predicted_accuracy')::float8"
 
 
 class LightTrial(NamedTuple):
@@ -125,19 +137,20 @@ class ReadOnlyStore(Store):
         total = int(self._fetch(f"SELECT count(*) FROM trials WHERE {where}", tuple(params))[0][0])
         direction = "DESC" if descending else "ASC"
         rows = self._fetch(
-            f"SELECT {', '.join(TRIAL_FIELDS)} FROM trials WHERE {where}"
+            f"SELECT {', '.join(TRIAL_FIELDS)}, {_STOP_SQL} FROM trials WHERE {where}"
             f" ORDER BY {column} {direction} NULLS LAST, id LIMIT %s OFFSET %s",
             (*params, limit, offset),
         )
-        return total, [dict(zip(TRIAL_FIELDS, row)) for row in rows]
+        return total, [dict(zip((*TRIAL_FIELDS, *STOP_FIELDS), row)) for row in rows]
 
     def running_trials(self, experiment_id: int) -> list[dict[str, Any]]:
         """The trials training now, oldest first."""
         rows = self._fetch(
-            f"SELECT {', '.join(TRIAL_FIELDS)} FROM trials WHERE experiment_id = %s AND status = 'running' ORDER BY id",
+            f"SELECT {', '.join(TRIAL_FIELDS)}, {_STOP_SQL} FROM trials"
+            " WHERE experiment_id = %s AND status = 'running' ORDER BY id",
             (experiment_id,),
         )
-        return [dict(zip(TRIAL_FIELDS, row)) for row in rows]
+        return [dict(zip((*TRIAL_FIELDS, *STOP_FIELDS), row)) for row in rows]
 
     def failure_reasons(self, experiment_id: int, limit: int) -> list[dict[str, Any]]:
         """The ``limit`` most frequent reasons of failed trials, with their counts."""
@@ -171,7 +184,7 @@ class ReadOnlyStore(Store):
         """Every experiment with its trial counts and best accuracy, in one statement, oldest first."""
         rows = self._fetch(
             "SELECT e.id, e.name, e.config, e.created_at, e.exhausted,"
-            "  count(t.id) FILTER (WHERE t.status IN ('done', 'failed')),"
+            "  count(t.id) FILTER (WHERE t.status IN ('done', 'failed', 'stopped')),"
             "  count(t.id) FILTER (WHERE t.status = 'running'),"
             "  count(t.id) FILTER (WHERE t.status = 'failed'),"
             "  max(t.accuracy) FILTER (WHERE t.status = 'done'),"

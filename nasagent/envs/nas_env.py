@@ -20,6 +20,17 @@ terminal; (c) the state holds d NSC rows (the terminal row counts, as in the aut
 (d) the episode has taken τ actions; (e) the new layer makes the network invalid (a window
 larger than its input: see ``padding`` below). :attr:`Step.rules` lists every rule that fired.
 
+**Limits** (``--max-params``, ``--max-macs``; not in the paper). A network over the space's size
+limits (``NSCSpace.max_params``, ``max_macs``; :func:`nasagent.core.cost.nsc_cost`) is treated like
+an invalid one: rule ``"limit"`` fires, the step earns 0, needs no evaluation and ends the episode.
+The environment's learners (DQN, meta-A2C, random) choose among all actions and learn from each
+step's reward, so they are not masked: the environment rejects the network before anything trains
+it, and the learner sees the 0, as it does for rule (e). The cost of an NSC network is not monotone
+(a pooling layer shrinks the dense head), so a network within the limits may follow one over them
+in another episode; within an episode, every network evaluated is within them. Since each episode
+starts from the empty network, the space refuses limits that every first network of an episode
+breaks (ConfigError): no network could ever be proposed.
+
 **Padding** (``NSCSpace.padding``). ``"valid"`` (default) is the authors' code: Keras layers with
 their default ``padding="valid"``, so every convolution of kernel k shrinks the map by k - 1 and
 every pooling divides it, and a window larger than its input fails to build (their reward code
@@ -58,6 +69,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from nasagent.core.cost import nsc_cost
+from nasagent.core.limits import Limits
 from nasagent.core.nsc import (
     ADD,
     AVG_POOL,
@@ -123,6 +136,10 @@ class NSCSpace:
     """σ: a pointer shift's reward is σ times the accuracy (§6.2 tried 0.0 and 0.1)."""
     padding: str = "valid"
     """``valid``: no padding, as the authors' code; ``same``: size-keeping convolutions (module docstring)."""
+    max_params: int | None = None
+    """``--max-params``: a network with more trainable parameters is rejected (rule ``"limit"``)."""
+    max_macs: int | None = None
+    """``--max-macs``: a network with more MACs per image is rejected (rule ``"limit"``)."""
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.tau < 1:
@@ -133,6 +150,44 @@ class NSCSpace:
             raise ConfigError(f"sigma must be in [0, 1], got {self.sigma}")
         if self.num_classes < 1 or len(self.input_shape) != 3:
             raise ConfigError(f"bad data description: {self.num_classes} classes, input shape {self.input_shape}")
+        if self.limits.sized:
+            self._check_limits()
+
+    @property
+    def limits(self) -> Limits:
+        """The size limits networks of this environment must meet (none by default)."""
+        return Limits(max_params=self.max_params, max_macs=self.max_macs)
+
+    def within_limits(self, network: NSCNetwork) -> bool:
+        """Whether ``network`` is within the size limits (a network invalid for the input is not)."""
+        if not self.limits.sized:
+            return True
+        try:
+            return self.limits.admits(*nsc_cost(network, self.input_shape, self.padding))
+        except ConfigError:
+            return False
+
+    def _check_limits(self) -> None:
+        """ConfigError when every network an episode can start with is over the limits (then no
+        episode ever reaches a network that is within them)."""
+        first = [NSCNetwork((), self.num_classes)]
+        first += [NSCNetwork((NSCLayer(1, kind, kernel, 0, 0),), self.num_classes) for kind, kernel in LAYER_ACTIONS]
+        if self.multi_branch:
+            first += [NSCNetwork((NSCLayer(1, kind, 0, 0, 0),), self.num_classes) for kind in (ADD, CONCAT)]
+        costs = []
+        for network in first:
+            try:
+                costs.append(nsc_cost(network, self.input_shape, self.padding))
+            except ConfigError:
+                continue  # invalid for this input: never proposed
+            if self.limits.admits(*costs[-1]):
+                return
+        c, h, w = self.input_shape
+        fewest = f"{min((p for p, _ in costs), default=0):,} parameters, {min((m for _, m in costs), default=0):,} MACs"
+        raise ConfigError(
+            f"no network of the NAS environment for {c}x{h}x{w} inputs meets {self.limits.describe()}: every "
+            f"episode starts with a network over them (the fewest among those: {fewest})"
+        )
 
     @property
     def n_actions(self) -> int:
@@ -215,7 +270,8 @@ class Step:
     kind: str
     """``"layer"``, ``"terminal"`` or ``"shift"``."""
     rules: tuple[str, ...]
-    """Termination rules of §4.2.3 that fired, from ``"a"`` to ``"e"``; empty if the episode goes on."""
+    """Termination rules of §4.2.3 that fired, from ``"a"`` to ``"e"``, and ``"limit"`` for a network over
+    the size limits (module docstring); empty if the episode goes on."""
     scale: float
     network: NSCNetwork | None = field(default=None, compare=False)
 
@@ -267,6 +323,9 @@ def step(space: NSCSpace, state: NSCState, action: int) -> Step:
     if after.steps >= space.tau:
         rules.append("d")
     network = after.network(space.num_classes) if scale > 0 else None
+    if network is not None and not space.within_limits(network):
+        rules.append("limit")  # over --max-params/--max-macs: rejected before anything trains it
+        scale, network = 0.0, None
     return Step(state, action, after, kind, tuple(sorted(rules)), scale, network)
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from nasagent.config import SearchConfig
+from nasagent.core.arch import Architecture
+from nasagent.core.cost import network_cost
 from nasagent.core.networks import parse_network
-from nasagent.core.trial import TrialOutcome, TrialSpec, outcome_to_json, trial_seed
+from nasagent.core.nsc import NSCNetwork
+from nasagent.core.trial import TrialOutcome, TrialSpec, TrialStatus, outcome_to_json, trial_seed
 from nasagent.errors import ConfigError, StoreError
 from nasagent.execution.cluster import ATTEMPT_ENV
 from nasagent.execution.epochs import EpochRecorder
@@ -25,8 +28,9 @@ from nasagent.persistence.embedded import nasagent_home
 from nasagent.persistence.postgres import Store
 from nasagent.training.checkpoints import save_trial_checkpoint
 from nasagent.training.data import DataBundle
+from nasagent.training.latency import network_latency
 from nasagent.training.settings import TrialSettings
-from nasagent.training.trainer import EpochMetrics, train_architecture
+from nasagent.training.trainer import EpochMetrics, StopTraining, train_architecture
 
 
 def run_trial(
@@ -34,10 +38,12 @@ def run_trial(
     data: DataBundle,
     settings: TrialSettings,
     worker: str | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_epoch: Callable[[EpochMetrics], StopTraining | None] | None = None,
 ) -> TrialOutcome:
     """Train one architecture and turn the result into an outcome. Never raises for a bad network.
-    ``on_epoch`` sees every epoch as it ends (``run_trial_or_fail`` records them in the store)."""
+    ``on_epoch`` sees every epoch as it ends (``run_trial_or_fail`` records them in the store) and
+    may stop the training early: the outcome is then ``stopped``, rewarded with the predicted final
+    accuracy when the stop came with one (Baker et al.), else with the accuracy reached."""
     arch = parse_network(spec.arch)
     started = time.perf_counter()
     config = dataclasses.replace(settings.train, seed=spec.seed)
@@ -45,20 +51,49 @@ def run_trial(
     result = train_architecture(arch, data, config, settings.build, keep_weights=keep, on_epoch=on_epoch)
     info: dict[str, Any] = {"epochs_run": result.epochs_run, "restarts": result.restarts, "history": result.history}
     info["input_shape"] = list(data.input_shape)  # the dashboard's layer table sizes each layer from it
+    accuracy = result.accuracy
+    if result.status == TrialStatus.STOPPED:  # early stopping (nasagent.stopping): where, and the reward
+        info.update(
+            stopped_epoch=result.stopped_epoch,
+            observed_accuracy=result.accuracy,
+            predicted_accuracy=result.predicted_accuracy,
+        )
+        if result.predicted_accuracy is not None:
+            accuracy = result.predicted_accuracy
     if keep:
         error = save_trial_checkpoint(settings, spec, data, result)
         if error:
             info["checkpoint_error"] = error
+    train_seconds = time.perf_counter() - started
+    latency_ms = None
+    if result.status != TrialStatus.FAILED:  # a network that failed to train has no result to deploy
+        try:
+            latency_ms = network_latency(arch, data.input_shape, config, settings.build)
+        except (RuntimeError, MemoryError) as exc:
+            info["latency_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return TrialOutcome(
         trial_id=spec.trial_id,
         status=result.status,
-        accuracy=result.accuracy,
+        accuracy=accuracy,
         params=result.params,
         failure=result.failure,
-        train_seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
         worker=worker,
         info=info,
+        macs=network_macs(arch, data.input_shape, settings),
+        latency_ms=latency_ms,
     )
+
+
+def network_macs(
+    arch: Architecture | NSCNetwork, input_shape: tuple[int, int, int], settings: TrialSettings
+) -> int | None:
+    """MACs of one image's forward pass of ``arch`` as the trial builds it; None if it cannot be built."""
+    build = settings.build
+    try:
+        return network_cost(arch, input_shape, build.pooling, build.conv_padding, build.nsc_padding)[1]
+    except ConfigError:
+        return None
 
 
 def run_trial_or_fail(

@@ -91,9 +91,20 @@ class TrialRow:
     started_at: datetime | None
     finished_at: datetime | None
     train_seconds: float | None
+    macs: int | None = None
+    """MACs of one image's forward pass (migration 008)."""
+    latency_ms: float | None = None
+    """Batch-1 inference latency on the trial's device (008); None when not measured."""
+    reward: float | None = None
+    """What the strategy was given (the objective, 008); None in rows older than it: the accuracy was."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))  # the column holds the value; frozen
+
+    @property
+    def score(self) -> float | None:
+        """The trial's reward: the objective's value, or the accuracy where none was recorded."""
+        return self.reward if self.reward is not None else self.accuracy
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ class InfraFailureRow:
 _EXPERIMENT_COLUMNS = "id, name, config, created_at"
 _TRIAL_COLUMNS = (
     "id, experiment_id, arch, digest, status, accuracy, epsilon, params, worker, failure, "
-    "attempts, info, created_at, started_at, finished_at, train_seconds"
+    "attempts, info, created_at, started_at, finished_at, train_seconds, macs, latency_ms, reward"
 )
 
 
@@ -479,33 +490,37 @@ class Store:
         )
         return TrialRow(*rows[0]) if rows else None
 
-    def top(self, experiment_id: int, k: int) -> list[TrialRow]:
-        """The ``k`` done trials with the best accuracy, best first; ties go to the earlier trial."""
+    def top(self, experiment_id: int, k: int, stopped: bool = False) -> list[TrialRow]:
+        """The ``k`` done trials with the best accuracy, best first; ties go to the earlier trial.
+        With ``stopped``, early-stopped trials too, ranked by their reward (``top --json``)."""
+        statuses = "('done', 'stopped')" if stopped else "('done')"
         rows = self._fetch(
-            f"SELECT {_TRIAL_COLUMNS} FROM trials WHERE experiment_id = %s AND status = 'done' "
-            "ORDER BY accuracy DESC NULLS LAST, id LIMIT %s",
+            f"SELECT {_TRIAL_COLUMNS} FROM trials WHERE experiment_id = %s AND status IN {statuses} "
+            "ORDER BY COALESCE(reward, accuracy) DESC NULLS LAST, id LIMIT %s",  # by the objective (008)
             (experiment_id, max(int(k), 0)),
         )
         return [TrialRow(*row) for row in rows]
 
     def counts(self, experiment_id: int) -> dict[str, Any]:
-        """Progress: ``unique_trained`` (done + failed trials), ``running``, ``failed``,
-        ``trials_done`` (rewarded samples, i.e. replay memory rows, dictionary hits included)
-        and ``best_accuracy`` (of done trials, None if there are none)."""
+        """Progress: ``unique_trained`` (done + failed + stopped trials), ``running``, ``failed``,
+        ``stopped`` (early), ``trials_done`` (rewarded samples, i.e. replay memory rows, dictionary
+        hits included) and ``best_accuracy`` (of done trials, None if there are none)."""
         rows = self._fetch(
-            "SELECT count(*) FILTER (WHERE status IN ('done', 'failed')),"
+            "SELECT count(*) FILTER (WHERE status IN ('done', 'failed', 'stopped')),"
             "       count(*) FILTER (WHERE status = 'running'),"
             "       count(*) FILTER (WHERE status = 'failed'),"
             "       max(accuracy) FILTER (WHERE status = 'done'),"
-            "       (SELECT count(*) FROM replay_memory WHERE experiment_id = %s)"
+            "       (SELECT count(*) FROM replay_memory WHERE experiment_id = %s),"
+            "       count(*) FILTER (WHERE status = 'stopped')"
             "  FROM trials WHERE experiment_id = %s",
             (experiment_id, experiment_id),
         )
-        unique_trained, running, failed, best, replayed = rows[0]
+        unique_trained, running, failed, best, replayed, stopped = rows[0]
         return {
             "unique_trained": unique_trained,
             "running": running,
             "failed": failed,
+            "stopped": stopped,
             "trials_done": replayed,
             "best_accuracy": best,
         }
@@ -586,6 +601,71 @@ class Store:
         """How many epochs the experiment's trials have recorded, every run counted."""
         return int(self._fetch("SELECT count(*) FROM trial_epochs WHERE experiment_id = %s", (experiment_id,))[0][0])
 
+    # -- early stopping (trial_decisions, stopping_state: migration 007) ---------------------
+
+    def experiment_config(self, experiment_id: int) -> dict[str, Any]:
+        """The stored config of experiment ``experiment_id`` (a trial reads its early-stopping
+        settings from it); StoreError if there is no such experiment."""
+        rows = self._fetch("SELECT config FROM experiments WHERE id = %s", (experiment_id,))
+        if not rows:
+            raise StoreError(f"unknown experiment id {experiment_id}")
+        return dict(rows[0][0])
+
+    def undecided_epochs(self, experiment_id: int) -> list[EpochRow]:
+        """The epochs of the experiment's running trials (their current attempt) that have no stop
+        decision yet, by trial, run and epoch: what the agent's judge decides next."""
+        columns = ", ".join("e." + c.strip() for c in _EPOCH_COLUMNS.split(","))
+        # From the running trials (a few) to their epochs by key: cheap however many epochs the experiment has.
+        rows = self._fetch(
+            f"SELECT {columns} FROM trials t JOIN trial_epochs e ON e.trial_id = t.id AND e.attempt = t.attempts"
+            " WHERE t.experiment_id = %s AND t.status = 'running'"
+            "   AND NOT EXISTS (SELECT 1 FROM trial_decisions d WHERE d.trial_id = e.trial_id"
+            "                   AND d.attempt = e.attempt AND d.run = e.run AND d.epoch = e.epoch)"
+            " ORDER BY e.trial_id, e.attempt, e.run, e.epoch",
+            (experiment_id,),
+        )
+        return [EpochRow(*row) for row in rows]
+
+    def run_epochs(self, trial_id: int, attempt: int, run: int) -> list[EpochRow]:
+        """The epochs one run of a trial recorded, by epoch (the judge's view of its learning curve)."""
+        rows = self._fetch(
+            f"SELECT {_EPOCH_COLUMNS} FROM trial_epochs WHERE trial_id = %s AND attempt = %s AND run = %s"
+            " ORDER BY epoch",
+            (trial_id, attempt, run),
+        )
+        return [EpochRow(*row) for row in rows]
+
+    def stop_decision(self, trial_id: int, attempt: int, run: int, epoch: int) -> DecisionRow | None:
+        """The agent's decision on one epoch of one run of a trial, or None while there is none.
+        A trial polls this after each epoch; it needs only SELECT on ``trial_decisions``."""
+        rows = self._fetch(
+            f"SELECT {_DECISION_COLUMNS} FROM trial_decisions"
+            " WHERE trial_id = %s AND attempt = %s AND run = %s AND epoch = %s",
+            (trial_id, attempt, run, epoch),
+        )
+        return DecisionRow(*rows[0]) if rows else None
+
+    def decisions(self, experiment_id: int, trial_id: int | None = None) -> list[DecisionRow]:
+        """The experiment's stop decisions (only ``trial_id``'s when given), by trial, run and epoch."""
+        only = "" if trial_id is None else " AND trial_id = %s"
+        params: tuple[Any, ...] = (experiment_id,) if trial_id is None else (experiment_id, trial_id)
+        rows = self._fetch(
+            f"SELECT {_DECISION_COLUMNS} FROM trial_decisions WHERE experiment_id = %s{only}"
+            " ORDER BY trial_id, attempt, run, epoch",
+            params,
+        )
+        return [DecisionRow(*row) for row in rows]
+
+    def may_read_decisions(self) -> bool:
+        """Whether this connection's role may read ``trial_decisions`` (a trial of an experiment with
+        early stopping checks before it trains: a missing grant is one clear error)."""
+        return bool(self._fetch("SELECT has_table_privilege(current_user, 'trial_decisions', 'SELECT')")[0][0])
+
+    def load_stopping_state(self, experiment_id: int) -> tuple[str, dict[str, Any]] | None:
+        """(rule, state) the judge last saved for the experiment, or None."""
+        rows = self._fetch("SELECT rule, state FROM stopping_state WHERE experiment_id = %s", (experiment_id,))
+        return (rows[0][0], dict(rows[0][1])) if rows else None
+
 
 _EPOCH_COLUMNS = (
     "experiment_id, trial_id, attempt, run, epoch, train_loss, val_accuracy, lr, restarts, seconds, created_at"
@@ -621,6 +701,37 @@ class EpochRow:
             "lr": self.lr,
             "restarts": self.restarts,
             "seconds": self.seconds,
+        }
+
+
+_DECISION_COLUMNS = "experiment_id, trial_id, attempt, run, epoch, stop, rule, predicted, reason, created_at"
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """One row of ``trial_decisions``: the agent's early-stopping decision on one epoch of one run of
+    a trial (see migrations/007_early_stopping.sql). ``predicted``: predict's predicted final
+    accuracy (the stopped network's reward), None for median; ``created_at`` None until written."""
+
+    experiment_id: int
+    trial_id: int
+    attempt: int
+    run: int
+    epoch: int
+    stop: bool
+    rule: str
+    predicted: float | None
+    reason: str
+    created_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as JSON-ready values."""
+        return {
+            "epoch": self.epoch,
+            "stop": self.stop,
+            "rule": self.rule,
+            "predicted": self.predicted,
+            "reason": self.reason,
         }
 
 
@@ -687,11 +798,12 @@ class StoreTransaction:
         info: dict[str, Any] | None = None,
         worker: str | None = None,
     ) -> None:
-        """Record the outcome of a trial: ``status`` is 'done' or 'failed'; ``info`` is merged
-        into the trial's existing info (new keys win); ``worker``, if given, replaces the
-        trial's worker (it is often known only once training ran); finished_at is set to now."""
-        if status not in (TrialStatus.DONE, TrialStatus.FAILED):
-            raise ValueError(f"finish_trial status must be 'done' or 'failed', not {status!r}")
+        """Record the outcome of a trial: ``status`` is 'done', 'failed' or 'stopped' (early; its
+        ``failure`` then says where and why); ``info`` is merged into the trial's existing info
+        (new keys win); ``worker``, if given, replaces the trial's worker (it is often known only
+        once training ran); finished_at is set to now."""
+        if status not in (TrialStatus.DONE, TrialStatus.FAILED, TrialStatus.STOPPED):
+            raise ValueError(f"finish_trial status must be 'done', 'failed' or 'stopped', not {status!r}")
         result = self._write(
             "UPDATE trials SET status = %s, accuracy = %s, params = %s, failure = %s, train_seconds = %s,"
             " info = info || %s, worker = COALESCE(%s, worker), finished_at = clock_timestamp()"
@@ -710,13 +822,29 @@ class StoreTransaction:
         if result.rowcount == 0:
             raise StoreError(f"unknown trial id {trial_id}")
 
+    def record_measures(self, trial_id: int, macs: int | None, latency_ms: float | None, reward: float | None) -> None:
+        """Record a finished trial's MACs, measured latency and reward (the objective's value), in the
+        transaction of its ``finish_trial`` (migration 008)."""
+        result = self._write(
+            "UPDATE trials SET macs = %s, latency_ms = %s, reward = %s WHERE id = %s",
+            (
+                None if macs is None else int(macs),
+                None if latency_ms is None else float(latency_ms),
+                None if reward is None or reward != reward else float(reward),  # NaN is no reward
+                trial_id,
+            ),
+        )
+        if result.rowcount == 0:
+            raise StoreError(f"unknown trial id {trial_id}")
+
     def restart_trial(self, trial_id: int) -> None:
         """Put a trial back to 'running' (attempts + 1, outcome fields cleared, started_at now).
 
         Used on resume for trials that were in flight when the previous process died."""
         result = self._write(
             "UPDATE trials SET status = 'running', attempts = attempts + 1, accuracy = NULL, params = NULL,"
-            " failure = NULL, train_seconds = NULL, finished_at = NULL, started_at = clock_timestamp()"
+            " failure = NULL, train_seconds = NULL, finished_at = NULL, started_at = clock_timestamp(),"
+            " macs = NULL, latency_ms = NULL, reward = NULL"
             " WHERE id = %s",
             (trial_id,),
         )
@@ -779,6 +907,34 @@ class StoreTransaction:
             "ON CONFLICT (experiment_id) DO UPDATE"
             " SET strategy = EXCLUDED.strategy, state = EXCLUDED.state, updated_at = now()",
             (experiment_id, strategy, _json(state)),
+        )
+
+    def record_decision(self, row: DecisionRow) -> None:
+        """Write the judge's decision on one epoch (a decision already there is kept: decisions are
+        final, a trial may have acted on it)."""
+        self._write(
+            f"INSERT INTO trial_decisions ({_DECISION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " clock_timestamp()) ON CONFLICT DO NOTHING",
+            (
+                row.experiment_id,
+                row.trial_id,
+                row.attempt,
+                row.run,
+                row.epoch,
+                bool(row.stop),
+                row.rule,
+                None if row.predicted is None else float(row.predicted),
+                row.reason,
+            ),
+        )
+
+    def save_stopping_state(self, experiment_id: int, rule: str, state: dict[str, Any]) -> None:
+        """Replace the judge's resumable state (predict: its predictor's settings and training set)."""
+        self._write(
+            "INSERT INTO stopping_state (experiment_id, rule, state) VALUES (%s, %s, %s) "
+            "ON CONFLICT (experiment_id) DO UPDATE"
+            " SET rule = EXCLUDED.rule, state = EXCLUDED.state, updated_at = now()",
+            (experiment_id, rule, _json(state)),
         )
 
 

@@ -42,7 +42,7 @@ from nasagent.core.trial import TrialStatus
 from nasagent.errors import ConfigError
 from nasagent.persistence.postgres import Store, TrialRow
 from nasagent.search.leaderboard import LEADERBOARD_SIZE, leaderboard_markdown
-from nasagent.search.status import experiment_status, top_trials
+from nasagent.search.status import experiment_status, objective_line, shows_reward, stop_details, top_trials
 from nasagent.strategies.qlearning import QLearningConfig
 
 # The paper's rolling-mean window (§6, Figure 3).
@@ -138,6 +138,8 @@ class Report:
     infra_failures: list[dict[str, Any]] = field(default_factory=list)
     """Times the machines did not run a trial to its end (never rewarded; the trial ran again)."""
     infra_by_kind: dict[str, int] = field(default_factory=dict)
+    stopped: list[dict[str, Any]] = field(default_factory=list)
+    """Trials stopped early (``--early-stop``): where, why, and the reward they were given."""
 
     def to_json(self) -> dict[str, Any]:
         """The numbers behind each figure and table, keyed by figure (written as ``report.json``)."""
@@ -163,6 +165,7 @@ class Report:
             "failures": self.failures,
             "failure_reasons": self.failure_reasons,
             "infra_failures": {"by_kind": self.infra_by_kind, "failures": self.infra_failures},
+            "stopped": self.stopped,
             "timing": {"summary": self.timing, "trials": [asdict(t) for t in self.times]},
         }
 
@@ -201,7 +204,8 @@ def _histogram(values: list[float], edges: list[float]) -> list[int]:
 
 def accuracy_curve(trials: list[TrialRow], replay: list[tuple[str, float]]) -> AccuracyCurve:
     """Fig 3 / A2 numbers from the finished trials (ordered by id) and the replay memory."""
-    finished = [t for t in trials if t.status in ("done", "failed") and t.accuracy is not None]
+    # Stopped trials (--early-stop) were rewarded too: they are models of the search like the others.
+    finished = [t for t in trials if t.status in ("done", "failed", "stopped") and t.accuracy is not None]
     accuracies = [float(t.accuracy) for t in finished]  # type: ignore[arg-type]
     window = rolling_window(len(accuracies))
     means = rolling_mean(accuracies, window)
@@ -302,7 +306,7 @@ def q_analysis(q: dict[tuple[str, str], float], q_init: float, strategy: str, re
 
 def trial_times(trials: list[TrialRow]) -> tuple[list[TrialTime], dict[str, Any]]:
     """Per finished trial: worker-reported training time and timestamp wall time; and a summary."""
-    finished = [t for t in trials if t.status in ("done", "failed")]
+    finished = [t for t in trials if t.status in ("done", "failed", "stopped")]
     starts = [t.started_at for t in finished if t.started_at is not None]
     t0 = min(starts) if starts else None
     times = []
@@ -387,6 +391,11 @@ def build_report(store: Store, experiment_name: str, leaderboard_size: int = LEA
             for f in store.infra_failures(experiment.id)
         ],
         infra_by_kind=store.infra_failure_counts(experiment.id),
+        stopped=[
+            {"trial_id": t.id, "epsilon": t.epsilon, "reward": t.accuracy, **stop_details(t), "arch": t.arch}
+            for t in trials
+            if t.status == TrialStatus.STOPPED
+        ],
     )
 
 
@@ -668,22 +677,7 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
             q.note or "No convolution Q-values to plot.",
         ),
         f"<h2>Leaderboard (top {len(report.leaderboard)})</h2>",
-        _table(
-            ["rank", "accuracy", "params", "ε", "trial", "train s", "architecture"],
-            [
-                [
-                    r["rank"],
-                    r["accuracy"],
-                    r["params"],
-                    _fmt(r["epsilon"], 2),
-                    r["trial_id"],
-                    _fmt(r["train_seconds"], 1),
-                    r["arch"],
-                ]
-                for r in report.leaderboard
-            ],
-            "leaderboard",
-        ),
+        *_leaderboard_html(report),
         f"<h2>Failures ({len(report.failures)})</h2>",
     ]
     if report.failures:
@@ -701,6 +695,7 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
     else:
         parts.append("<p>No trial failed.</p>")
     parts += _infra_html(report)
+    parts += _stopped_html(report)
     parts += [
         "<h2>Time per trial</h2>",
         _table(None, [[k, v] for k, v in report.timing.items()]),
@@ -715,6 +710,61 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
         parts.append(f"<details><summary>search space</summary><pre>{html.escape(spec)}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _leaderboard_html(report: Report) -> list[str]:
+    """The leaderboard with parameters, MACs and batch-1 latency, and the reward when the objective is
+    not the accuracy itself; preceded by the objective and limits in words when there are any."""
+    rewarded = shows_reward(report.leaderboard)
+    headers = ["rank", "accuracy", *(["reward"] if rewarded else []), "params", "MACs", "latency ms", "ε"]
+    rows = [
+        [
+            r["rank"],
+            r["accuracy"],
+            *([r.get("reward")] if rewarded else []),
+            r["params"],
+            r.get("macs"),
+            _fmt(r.get("latency_ms"), 3),
+            _fmt(r["epsilon"], 2),
+            r["trial_id"],
+            _fmt(r["train_seconds"], 1),
+            r["arch"],
+        ]
+        for r in report.leaderboard
+    ]
+    objective = objective_line(report.status)
+    intro = [f'<p id="objective">{html.escape(objective[0].upper() + objective[1:])}.</p>'] if objective else []
+    return [*intro, _table([*headers, "trial", "train s", "architecture"], rows, "leaderboard")]
+
+
+def _stopped_html(report: Report) -> list[str]:
+    """The trials stopped early (``--early-stop``): the epoch each stopped after, the accuracy it had
+    reached, its predicted final accuracy (predict) and its reward; nothing without early stopping."""
+    rule = (report.status.get("early_stop") or {}).get("rule", "none")
+    if rule == "none" and not report.stopped:
+        return []
+    parts = [
+        f"<h2>Stopped early ({len(report.stopped)})</h2>",
+        f"<p>Rule: {html.escape(str(rule))}. A stopped trial counts towards the budget; its reward is its predicted "
+        "final accuracy (predict, as Baker et al. reward early-stopped networks) or the best accuracy it "
+        "reached (median).</p>",
+    ]
+    if not report.stopped:
+        return [*parts, "<p>No trial was stopped.</p>"]
+    rows = [
+        [
+            s["trial_id"],
+            s["stopped_epoch"],
+            _fmt(s["observed_accuracy"], 4),
+            _fmt(s["predicted_accuracy"], 4),
+            _fmt(s["reward"], 4),
+            s["stop_reason"],
+            s["arch"],
+        ]
+        for s in report.stopped
+    ]
+    headers = ["trial", "stopped after epoch", "reached", "predicted", "reward", "why", "architecture"]
+    return [*parts, _table(headers, rows, "stopped")]
 
 
 def _infra_html(report: Report) -> list[str]:

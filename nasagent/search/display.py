@@ -14,6 +14,7 @@ from rich.text import Text
 from nasagent.core.trial import TrialStatus
 from nasagent.search.callbacks import SearchCallback, SearchView
 from nasagent.search.progress import Progress
+from nasagent.search.status import shows_reward
 from nasagent.strategies.schedule import EpsilonSchedule
 
 
@@ -52,6 +53,8 @@ class SearchDisplay(SearchCallback):
         parts.append(f"rewarded {p.trials_done}")
         if p.failed:
             parts.append(f"failed {p.failed}")
+        if p.stopped:
+            parts.append(f"stopped early {p.stopped}")
         if p.infra_failures:
             parts.append(f"requeued {p.infra_failures}")  # infrastructure failures, never rewarded
         parts.append("best " + ("-" if p.best_accuracy is None else f"{p.best_accuracy:.4f}"))
@@ -76,6 +79,8 @@ class SearchDisplay(SearchCallback):
             self._last_logged = p.last
             outcome = p.last
             what = f"{outcome.accuracy:.4f}" if outcome.status == TrialStatus.DONE else f"failed ({outcome.failure})"
+            if outcome.status == TrialStatus.STOPPED:
+                what = f"{outcome.accuracy:.4f}, stopped early ({outcome.failure})"
             self.console.print(f"trial {outcome.trial_id} {p.last_arch} -> {what}", highlight=False)
             self.console.print(line, highlight=False)
 
@@ -87,15 +92,32 @@ def _duration(seconds: float) -> str:
 
 
 def leaderboard(rows: list[dict[str, Any]], title: str) -> Table:
-    """The top architectures, best first."""
+    """The top architectures, best first: accuracy, the reward when the objective is not the accuracy
+    itself (``--objective mnas``, ``--max-latency-ms``), parameters, MACs and batch-1 latency."""
     table = Table(title=title)
-    for column in ("rank", "accuracy", "params", "ε", "architecture"):
+    rewarded = shows_reward(rows)
+    columns = ["rank", "accuracy", *(["reward"] if rewarded else []), "params", "MACs", "latency ms", "ε"]
+    for column in [*columns, "architecture"]:
         table.add_column(column, justify="right" if column != "architecture" else "left")
     for row in rows:
         eps = "-" if row.get("epsilon") is None else f"{row['epsilon']:.1f}"
-        params = "-" if row["params"] is None else f"{row['params']:,}"
-        table.add_row(str(row["rank"]), f"{row['accuracy']:.4f}", params, eps, row["arch"])
+        reward = [_number(row.get("reward"), ".4f")] if rewarded else []
+        table.add_row(
+            str(row["rank"]),
+            f"{row['accuracy']:.4f}",
+            *reward,
+            _number(row.get("params"), ","),
+            _number(row.get("macs"), ","),
+            _number(row.get("latency_ms"), ".3f"),
+            eps,
+            row["arch"],
+        )
     return table
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` when unknown."""
+    return "-" if value is None else format(value, spec)
 
 
 def print_table(table: Table) -> None:

@@ -27,7 +27,7 @@ from nasagent.persistence.artifacts import ENV_URL, ArtifactStore, experiment_ke
 from nasagent.persistence.postgres import Store
 from nasagent.search.callbacks import SearchCallback, SearchView
 from nasagent.search.progress import Progress
-from nasagent.search.status import experiment_status, top_trials
+from nasagent.search.status import experiment_status, objective_line, shows_reward, top_trials
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,23 @@ def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict
         f"{status.get('unique_trained')} of {status.get('budget')} models trained, {status.get('failed')} failed, "
         f"{status.get('running')} running, best accuracy {'-' if best is None else f'{best:.4f}'}.",
         "",
-        "| rank | accuracy | params | ε | architecture |",
-        "|---:|---:|---:|---:|---|",
+    ]
+    objective = objective_line(status)
+    if objective:
+        lines += [f"{objective[0].upper()}{objective[1:]}.", ""]
+    rewarded = shows_reward(top)
+    lines += [
+        "| rank | accuracy |" + (" reward |" if rewarded else "") + " params | MACs | latency ms | ε | architecture |",
+        "|---:|---:|" + ("---:|" if rewarded else "") + "---:|---:|---:|---:|---|",
     ]
     for row in top:
         eps = "-" if row.get("epsilon") is None else f"{row['epsilon']:.2f}"
         params = "-" if row.get("params") is None else f"{row['params']:,}"
-        lines.append(f"| {row['rank']} | {row['accuracy']:.4f} | {params} | {eps} | `{row['arch']}` |")
+        macs = "-" if row.get("macs") is None else f"{row['macs']:,}"
+        latency = "-" if row.get("latency_ms") is None else f"{row['latency_ms']:.3f}"
+        reward = f" {row['reward']:.4f} |" if rewarded else ""
+        measures = f"{params} | {macs} | {latency}"
+        lines.append(f"| {row['rank']} | {row['accuracy']:.4f} |{reward} {measures} | {eps} | `{row['arch']}` |")
     return "\n".join(lines) + "\n"
 
 

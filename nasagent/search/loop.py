@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nasagent.core.networks import Network, parse_network
+from nasagent.core.objective import Objective
 from nasagent.core.trial import Fault, TrialOutcome, TrialSpec, TrialStatus, outcome_from_json, trial_seed
 from nasagent.errors import ConfigError, InfrastructureError, InternalError
 from nasagent.execution.base import Runner
@@ -86,10 +87,12 @@ class SearchLoop:
         poll_seconds: float = 1.0,
         space_size: int | None = None,
         faults: FaultPolicy | None = None,
+        objective: Objective | None = None,
     ) -> None:
         """``space_size``: how many distinct architectures the strategy can propose, when known
         (``SearchConfig.space_size``); the search ends as soon as all of them are trained.
-        ``faults``: when infrastructure failures stop the search (default ``FaultPolicy()``)."""
+        ``faults``: when infrastructure failures stop the search (default ``FaultPolicy()``).
+        ``objective``: the reward rule (``SearchConfig.objective_rule``; default: the accuracy)."""
         self.store = store
         self.experiment = experiment
         self.strategy = strategy
@@ -104,6 +107,7 @@ class SearchLoop:
         self.waiting: dict[str, list[Proposal]] = defaultdict(list)  # proposals of in-flight archs
         self.progress = Progress(budget=budget)
         self.faults = faults or FaultPolicy()
+        self.objective = objective or Objective()
         self.queue: list[TrialSpec] = []  # trials to (re)submit before any new architecture
         self.requeues: dict[int, int] = {}  # trial id -> infrastructure failures in this process
         self.infra_in_a_row = 0
@@ -127,9 +131,10 @@ class SearchLoop:
                 running.append(TrialSpec(trial.id, trial.arch, trial_seed(self.seed, trial.digest)))
                 self.in_flight[trial.digest] = (trial.id, parse_network(trial.arch))
             else:
-                self.known[trial.digest] = (trial.id, float(trial.accuracy))
+                self.known[trial.digest] = (trial.id, float(trial.score))  # type: ignore[arg-type]
                 self._note_best(trial.arch, float(trial.accuracy), trial.status)
                 self.progress.failed += trial.status == TrialStatus.FAILED
+                self.progress.stopped += trial.status == TrialStatus.STOPPED
         self.progress.unique_launched = len(self.known) + len(running)
         self.progress.unique_finished = len(self.known)
         self.progress.trials_done = len(replay)
@@ -290,10 +295,20 @@ class SearchLoop:
         self.infra_in_a_row = 0
         _, arch = self.in_flight.pop(digest)
         proposals = [Proposal(arch)] + self.waiting.pop(digest, [])
-        self._reward(proposals, outcome.trial_id, outcome.accuracy, outcome)
-        self.known[digest] = (outcome.trial_id, outcome.accuracy)
+        reward = self.objective.reward(
+            outcome.accuracy,
+            outcome.params,
+            outcome.macs,
+            outcome.latency_ms,
+            failed=outcome.status == TrialStatus.FAILED,
+        )
+        if self.objective.over_latency(outcome.latency_ms):
+            outcome.info = {**outcome.info, "over_latency_limit": True}
+        self._reward(proposals, outcome.trial_id, reward, outcome)
+        self.known[digest] = (outcome.trial_id, reward)
         self.progress.unique_finished += 1
         self.progress.failed += outcome.status == TrialStatus.FAILED
+        self.progress.stopped += outcome.status == TrialStatus.STOPPED  # early (--early-stop): in the budget
         self.progress.last, self.progress.last_arch = outcome, str(arch)
         self._note_best(str(arch), outcome.accuracy, outcome.status)
         for callback in self.callbacks:
@@ -353,6 +368,7 @@ class SearchLoop:
                     info=outcome.info,
                     worker=outcome.worker,
                 )
+                tx.record_measures(trial_id, outcome.macs, outcome.latency_ms, reward)
             for proposal in proposals:
                 tx.append_replay(eid, trial_id, str(proposal.arch), reward)
             tx.upsert_q(eid, self.strategy.pop_value_changes())

@@ -17,6 +17,8 @@ class Progress:
     trials_done: int = 0
     in_flight: int = 0
     failed: int = 0
+    stopped: int = 0
+    """Trials stopped early (``--early-stop``); they count towards the budget."""
     infra_failures: int = 0
     """Trials the machines did not run to their end (requeued, never rewarded)."""
     epsilon: float | None = None

@@ -70,6 +70,7 @@ def run_search(
     search holds the experiment. ``faults``: when infrastructure failures stop the search
     (``--max-requeues``, ``--max-infra-failures``)."""
     from nasagent.search.display import SearchDisplay
+    from nasagent.search.judge import stop_judge
     from nasagent.search.keeper import search_keeper
     from nasagent.search.leaderboard import search_leaderboard
 
@@ -93,7 +94,13 @@ def run_search(
                 open_runner(launcher, cluster, store, settings, workers, num_classes, max_memory, data_bytes) as runner,
                 SearchDisplay(schedule) as display,
             ):
-                callbacks = [c for c in (display, keeper, leaderboard) if c is not None]
+                # --early-stop: the judge decides each epoch of the running trials (nasagent.search.judge).
+                build = settings.build
+                judge = stop_judge(
+                    store, experiment, config.early_stop, int(config.epochs or 1), shape, build.pooling,
+                    build.conv_padding, config.seed,
+                )  # fmt: skip
+                callbacks = [c for c in (judge, display, keeper, leaderboard) if c is not None]
                 loop = SearchLoop(
                     store,
                     experiment,
@@ -104,6 +111,7 @@ def run_search(
                     callbacks,
                     space_size=space_size,
                     faults=faults,
+                    objective=config.objective_rule(),
                 )
                 return loop.run()
         except BaseException:

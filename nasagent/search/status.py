@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from nasagent.config import SearchConfig
-from nasagent.persistence.postgres import Store
+from nasagent.core.trial import TrialStatus
+from nasagent.persistence.postgres import Store, TrialRow
 from nasagent.strategies.registry import FOLLOWS_SCHEDULE
 
 
@@ -30,6 +31,8 @@ def experiment_status(store: Store, name: str) -> dict[str, Any]:
         "budget": config.budget,
         "running": counts["running"],
         "failed": counts["failed"],
+        "stopped": counts["stopped"],  # early (--early-stop): finished, in the budget, rewarded by the rule
+        "early_stop": config.early_stop.to_dict(),
         "infra_failures": sum(infra.values()),
         "infra_failures_by_kind": infra,
         "best_accuracy": counts["best_accuracy"],
@@ -38,6 +41,18 @@ def experiment_status(store: Store, name: str) -> dict[str, Any]:
         "exhausted": exhausted,
         "strategy_summary": _strategy_summary(store, experiment.id),
         "epochs_recorded": store.epoch_count(experiment.id),  # per-epoch metrics (trial_epochs), every trial
+        **_limits_and_objective(store, experiment.id, config),
+    }
+
+
+def _limits_and_objective(store: Store, experiment_id: int, config: SearchConfig) -> dict[str, Any]:
+    """The experiment's limits, its objective and the best reward under it (the accuracy's best
+    when the objective is the accuracy itself)."""
+    best = store.top(experiment_id, 1)
+    return {
+        "limits": config.limits().to_json(),
+        "objective": config.objective_rule().describe(),
+        "best_reward": best[0].score if best else None,
     }
 
 
@@ -47,18 +62,52 @@ def _strategy_summary(store: Store, experiment_id: int) -> dict[str, Any]:
     return dict(saved[1].get("summary", {})) if saved else {}
 
 
+def shows_reward(rows: list[dict[str, Any]]) -> bool:
+    """Whether a leaderboard of ``top_trials`` rows needs a reward column: some reward differs from
+    its accuracy (``--objective mnas``, a network penalised past ``--max-latency-ms``)."""
+    return any(row.get("reward") is not None and row["reward"] != row.get("accuracy") for row in rows)
+
+
+def objective_line(status: dict[str, Any]) -> str:
+    """The experiment's objective and limits in words, from ``experiment_status``; empty when it
+    maximises the plain accuracy without limits."""
+    parts = []
+    objective = status.get("objective") or {}
+    if objective.get("kind") == "mnas":
+        unit = {"latency": " ms", "params": " parameters", "macs": " MACs"}.get(objective.get("metric"), "")
+        parts.append(
+            f"objective mnas: accuracy × ({objective.get('metric')} / {objective.get('target'):g}{unit})"
+            f"^{objective.get('weight'):g}"
+        )
+    limits = status.get("limits") or {}
+    if limits.get("max_params") is not None:
+        parts.append(f"at most {limits['max_params']:,} parameters")
+    if limits.get("max_macs") is not None:
+        parts.append(f"at most {limits['max_macs']:,} MACs")
+    if limits.get("max_latency_ms") is not None:
+        parts.append(f"latency over {limits['max_latency_ms']:g} ms penalised × (limit / latency)")
+    return "; ".join(parts)
+
+
 def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:
-    """The ``k`` best trained architectures of an experiment, best first, each with its learning
-    curve (``curve``: the epochs of its latest run, as recorded while it trained; empty if none were)."""
+    """The ``k`` best trained architectures of an experiment by reward (its objective), best first, each
+    with its accuracy, reward, parameters, MACs, latency (ms, batch 1, its trial's device; None if not
+    measured) and learning curve (``curve``: the epochs of its latest run, as recorded while it trained;
+    empty if none were)."""
     experiment = store.get_experiment(name)
-    best = store.top(experiment.id, k)
+    best = store.top(experiment.id, k, stopped=True)  # early-stopped trials rank by their reward too
     curves = store.experiment_curves(experiment.id, [trial.id for trial in best])
     return [
         {
             "rank": rank,
             "arch": trial.arch,
+            "status": str(trial.status),
+            **stop_details(trial),
             "accuracy": trial.accuracy,
+            "reward": trial.score,  # the objective's value (the accuracy unless --objective mnas/--max-latency-ms)
             "params": trial.params,
+            "macs": trial.macs,
+            "latency_ms": trial.latency_ms,
             "trial_id": trial.id,
             "epsilon": trial.epsilon,
             "train_seconds": trial.train_seconds,
@@ -66,3 +115,18 @@ def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:
         }
         for rank, trial in enumerate(best, start=1)
     ]
+
+
+def stop_details(trial: TrialRow) -> dict[str, Any]:
+    """For a trial stopped early: the epoch it stopped after, its predicted final accuracy (predict;
+    None for median) and the best accuracy it reached; nothing for any other trial. A stopped
+    trial's ``accuracy`` is its reward: the prediction where there is one."""
+    if trial.status != TrialStatus.STOPPED:
+        return {}
+    info = trial.info or {}
+    return {
+        "stopped_epoch": info.get("stopped_epoch"),
+        "predicted_accuracy": info.get("predicted_accuracy"),
+        "observed_accuracy": info.get("observed_accuracy"),
+        "stop_reason": trial.failure,
+    }

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nasagent.core.limits import Limits
 from nasagent.core.networks import Network
 from nasagent.spaces.metaqnn import SpaceConfig
 from nasagent.strategies.schedule import EpsilonSchedule
@@ -38,6 +39,10 @@ class StrategyContext:
     """The experiment's MetaQNN space (``--space``), for the strategies that search it."""
     schedule: EpsilonSchedule
     """The ε schedule (``--schedule``), for the strategies that follow it."""
+    limits: Limits = Limits()
+    """``--max-params`` / ``--max-macs``: a strategy never proposes a network over them (it masks its
+    choices where it can, :mod:`nasagent.spaces.limited`), and its factory raises ConfigError when no
+    network it can propose meets them. ``max_latency_ms`` is not the strategy's: it shapes the reward."""
 
 
 @dataclass(frozen=True)

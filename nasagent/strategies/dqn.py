@@ -265,4 +265,4 @@ class DQNStrategy(EnvStrategy):
 def from_context(ctx: StrategyContext) -> DQNStrategy:
     """``--strategy dqn``; its options are :class:`DQNOptions` (the environment's and the learner's)."""
     options = options_from(DQNOptions, ctx.options, "dqn").with_budget(ctx.budget)
-    return DQNStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed, options)
+    return DQNStrategy(options.space(ctx.input_shape, ctx.num_classes, ctx.limits), ctx.seed, options)

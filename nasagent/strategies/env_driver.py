@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from nasagent.core.limits import Limits
 from nasagent.core.networks import Network
 from nasagent.envs.nas_env import NSCSpace, NSCState, Step, step
 from nasagent.strategies.base import Proposal, Strategy
@@ -59,11 +60,23 @@ class EnvOptions:
     restarts: bool = False
     """Apply MetaQNN's first-epoch restart rule to the environment's networks (the paper does not)."""
 
-    def space(self, input_shape: tuple[int, int, int], num_classes: int) -> NSCSpace:
-        """The environment these settings describe for data of this shape and class count."""
+    def space(self, input_shape: tuple[int, int, int], num_classes: int, limits: Limits | None = None) -> NSCSpace:
+        """The environment these settings describe for data of this shape and class count, rejecting
+        networks over ``limits`` (``--max-params``, ``--max-macs``; ConfigError if none can meet them)."""
         tau = self.tau if self.tau is not None else (20 if self.multi_branch else 10)
         shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
-        return NSCSpace(shape, int(num_classes), self.depth, tau, self.multi_branch, self.sigma, self.padding)
+        limits = limits or Limits()
+        return NSCSpace(
+            shape,
+            int(num_classes),
+            self.depth,
+            tau,
+            self.multi_branch,
+            self.sigma,
+            self.padding,
+            max_params=limits.max_params,
+            max_macs=limits.max_macs,
+        )
 
 
 @dataclass

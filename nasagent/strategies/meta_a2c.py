@@ -325,6 +325,6 @@ def from_context(ctx: StrategyContext) -> MetaA2CStrategy:
         settable = {f.name for f in fields(MetaA2COptions)}
         options = replace(options, **{k: v for k, v in trained.items() if k in settable and k not in ctx.options})
     try:
-        return MetaA2CStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed, options, weights)
+        return MetaA2CStrategy(options.space(ctx.input_shape, ctx.num_classes, ctx.limits), ctx.seed, options, weights)
     except RuntimeError as exc:  # weights of another shape than the file's settings promise
         raise ConfigError(f"--policy {options.policy}: weights do not fit ({str(exc).splitlines()[0][:120]})") from None

@@ -15,6 +15,7 @@ import numpy as np
 
 from nasagent.core.arch import Architecture, Layer
 from nasagent.core.networks import Network
+from nasagent.spaces.limited import Sampler, limited_sampler
 from nasagent.spaces.metaqnn import MetaQNNSpace, State
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
 from nasagent.strategies.options import options_from
@@ -48,9 +49,18 @@ class QLearningStrategy(Strategy):
     name = "qlearning"
 
     def __init__(
-        self, space: MetaQNNSpace, schedule: EpsilonSchedule, seed: int, config: QLearningConfig | None = None
+        self,
+        space: MetaQNNSpace,
+        schedule: EpsilonSchedule,
+        seed: int,
+        config: QLearningConfig | None = None,
+        walker: Sampler | None = None,
     ) -> None:
+        """``walker`` samples the walks (default ``space.sample``; under size limits a
+        :class:`nasagent.spaces.limited.LimitedWalk`'s, which offers ``choose`` only the actions that
+        keep the network within them); the Q-table stays the space's."""
         self.space = space
+        self.walker = walker or space.sample
         self.schedule = schedule
         self.config = config or QLearningConfig()
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -81,7 +91,7 @@ class QLearningStrategy(Strategy):
                 return self._greedy(state, actions)
             return actions[int(self.rng.integers(len(actions)))]
 
-        return self.space.sample(choose)
+        return self.walker(choose)
 
     def _greedy(self, state: State, actions: tuple[Layer, ...]) -> Layer:
         row = self.q.get(state.key, {})
@@ -150,7 +160,8 @@ class QLearningStrategy(Strategy):
 
 
 def from_context(ctx: StrategyContext) -> QLearningStrategy:
-    """MetaQNN over the experiment's space; its options are α, γ, Q₀ and K (``QLearningConfig``)."""
+    """MetaQNN over the experiment's space, within its size limits; its options are α, γ, Q₀ and K
+    (``QLearningConfig``)."""
     config = options_from(QLearningConfig, ctx.options, "qlearning")
     space = MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes)
-    return QLearningStrategy(space, ctx.schedule, ctx.seed, config)
+    return QLearningStrategy(space, ctx.schedule, ctx.seed, config, limited_sampler(space, ctx.input_shape, ctx.limits))

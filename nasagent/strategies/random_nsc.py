@@ -26,4 +26,4 @@ class RandomNSCStrategy(EnvStrategy):
 def from_context(ctx: StrategyContext) -> RandomNSCStrategy:
     """``--strategy random-nsc``; ``--option depth=, tau=, multi_branch=, sigma=`` set the environment."""
     options = options_from(EnvOptions, ctx.options, "random-nsc")
-    return RandomNSCStrategy(options.space(ctx.input_shape, ctx.num_classes), ctx.seed)
+    return RandomNSCStrategy(options.space(ctx.input_shape, ctx.num_classes, ctx.limits), ctx.seed)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from nasagent.core.networks import Network
+from nasagent.spaces.limited import Sampler, limited_sampler
 from nasagent.spaces.metaqnn import MetaQNNSpace
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
 from nasagent.strategies.options import options_from
@@ -26,12 +27,14 @@ class RandomStrategy(Strategy):
 
     name = "random"
 
-    def __init__(self, space: MetaQNNSpace, seed: int) -> None:
+    def __init__(self, space: MetaQNNSpace, seed: int, walker: Sampler | None = None) -> None:
+        """``walker`` samples the walks (default ``space.sample``; a ``LimitedWalk``'s under size limits)."""
         self.space = space
+        self.walker = walker or space.sample
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def ask(self, unique_launched: int) -> Proposal:
-        arch = self.space.sample(lambda _state, actions: actions[int(self.rng.integers(len(actions)))])
+        arch = self.walker(lambda _state, actions: actions[int(self.rng.integers(len(actions)))])
         return Proposal(arch)
 
     def tell(self, arch: Network, reward: float, first_training: bool) -> None:
@@ -48,6 +51,8 @@ class RandomStrategy(Strategy):
 
 
 def from_context(ctx: StrategyContext) -> RandomStrategy:
-    """Uniform random walks over the experiment's MetaQNN space."""
+    """Uniform random walks over the experiment's MetaQNN space (uniform among the actions that keep the
+    network within the size limits, when set)."""
     options_from(RandomOptions, ctx.options, "random")
-    return RandomStrategy(MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes), ctx.seed)
+    space = MetaQNNSpace(ctx.space, min(ctx.input_shape[1:]), ctx.num_classes)
+    return RandomStrategy(space, ctx.seed, limited_sampler(space, ctx.input_shape, ctx.limits))

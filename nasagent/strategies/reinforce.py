@@ -23,6 +23,9 @@ Decisions where the source is silent, and how the agent's loop is served:
   W-1 updates since the sample, the same staleness as Zoph & Le's asynchronous workers.
 - **Replay-dictionary hits** (``first_training=False``) are rewards for sampled architectures and
   update the controller like any other.
+- **Size limits** (``--max-params``, ``--max-macs``): a choice after which no network of the chain
+  fits them gets probability 0, when sampling and when scoring
+  (:mod:`nasagent.strategies.chain_limits`); without limits every choice is open.
 - **Small inputs.** Convolutions use SAME padding, so a stride-s layer maps size n to ceil(n/s) ≥ 1:
   every choice is valid for every input size (on 8×8 digits three stride-2 layers leave 1×1). A
   kernel larger than the map only sees padding there. No choice is ever illegal.
@@ -44,7 +47,7 @@ Statistics the seed reports (reward variance with and without the baseline) are 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,6 +59,7 @@ from nasagent.core.arch import Architecture, Conv, Softmax
 from nasagent.core.networks import Network
 from nasagent.errors import ConfigError
 from nasagent.strategies.base import Proposal, Strategy, StrategyContext
+from nasagent.strategies.chain_limits import ChainLimits
 from nasagent.strategies.options import options_from
 from nasagent.strategies.tensors import from_base64, to_base64
 
@@ -186,10 +190,19 @@ class ChainSpace:
 class Controller(nn.Module):
     """An LSTM cell fed the embedding of the previous choice, with one softmax head per decision kind."""
 
-    def __init__(self, space: ChainSpace, hidden: int, tanh: float | None = None) -> None:
+    def __init__(
+        self,
+        space: ChainSpace,
+        hidden: int,
+        tanh: float | None = None,
+        allowed: Callable[[list[int]], list[bool]] | None = None,
+    ) -> None:
+        """``allowed(picks)``: which choices of the decision after ``picks`` may be taken (size limits,
+        :class:`nasagent.strategies.chain_limits.ChainLimits`); the others get probability 0."""
         super().__init__()
         self.space = space
         self.tanh = tanh
+        self.allowed = allowed
         sizes = [len(space.choices[k]) for k in KINDS]
         # Token 0 is "start"; the choices of kind k follow at offset[k].
         self.offset = {k: 1 + sum(sizes[:i]) for i, k in enumerate(KINDS)}
@@ -220,6 +233,11 @@ class Controller(nn.Module):
             logits = self.heads[kind](state[0])
             if self.tanh is not None:
                 logits = self.tanh * torch.tanh(logits / self.tanh)
+            mask = None
+            if self.allowed is not None:
+                prefixes = torch.stack(picked, 1).tolist() if picked else [[] for _ in range(batch)]
+                mask = torch.tensor([self.allowed(prefix) for prefix in prefixes], dtype=torch.bool)
+                logits = logits.masked_fill(~mask, float("-inf"))
             logits = torch.log_softmax(logits, dim=-1)
             if choices is None:
                 pick = torch.multinomial(logits.exp(), 1, generator=generator).squeeze(1)
@@ -227,7 +245,8 @@ class Controller(nn.Module):
                 pick = choices[:, t]
             picked.append(pick)
             log_probs.append(logits.gather(1, pick.unsqueeze(1)).squeeze(1))
-            entropies.append(-(logits.exp() * logits).sum(-1))
+            finite = logits if mask is None else logits.masked_fill(~mask, 0.0)  # 0·log 0 counts 0, not NaN
+            entropies.append(-(logits.exp() * finite).sum(-1))
             token = pick + self.offset[kind]
         return torch.stack(picked, 1), torch.stack(log_probs, 1), torch.stack(entropies, 1)
 
@@ -276,11 +295,16 @@ class ReinforceStrategy(Strategy):
 
     name = "reinforce"
 
-    def __init__(self, space: ChainSpace, seed: int, config: ReinforceConfig | None = None) -> None:
+    def __init__(
+        self, space: ChainSpace, seed: int, config: ReinforceConfig | None = None, limits: ChainLimits | None = None
+    ) -> None:
+        """``limits``: the size limits' masks (``--max-params``/``--max-macs``); None: every choice allowed."""
         self.space = space
         self.config = config or ReinforceConfig()
         self.generator = torch.Generator().manual_seed(seed)
-        self.controller = Controller(space, self.config.hidden, self.config.tanh)
+        self.controller = Controller(
+            space, self.config.hidden, self.config.tanh, None if limits is None else limits.allowed
+        )
         self.controller.initialise(self.generator)
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=self.config.lr)
         self.baseline: float | None = None
@@ -402,6 +426,14 @@ class ReinforceStrategy(Strategy):
 
 
 def from_context(ctx: StrategyContext) -> ReinforceStrategy:
-    """REINFORCE over the space its ``--option`` settings define (``--space`` does not apply)."""
+    """REINFORCE over the space its ``--option`` settings define (``--space`` does not apply, except for how
+    its convolutions pad), never proposing a network over the size limits (ConfigError if none meets them)."""
     settings = options_from(ReinforceConfig, ctx.options, "reinforce")
-    return ReinforceStrategy(ChainSpace(settings, ctx.num_classes), ctx.seed, settings)
+    space = ChainSpace(settings, ctx.num_classes)
+    limits = None
+    if ctx.limits.sized:
+        cfg = ctx.space
+        limits = ChainLimits(
+            space.depth, space.choices, ctx.num_classes, ctx.input_shape, ctx.limits, cfg.pooling, cfg.conv_padding
+        )
+    return ReinforceStrategy(space, ctx.seed, settings, limits)

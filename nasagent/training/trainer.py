@@ -69,6 +69,16 @@ class EpochMetrics:
     elapsed: float
 
 
+@dataclass(frozen=True)
+class StopTraining:
+    """What an ``on_epoch`` callback returns to end the training after the epoch it was shown (early
+    stopping: the experiment's rule judged the network hopeless). ``reason`` says where and why;
+    ``predicted`` is the predicted final accuracy when the rule made one (the network's reward)."""
+
+    reason: str
+    predicted: float | None = None
+
+
 @dataclass
 class TrainResult:
     """The outcome of training one architecture.
@@ -91,6 +101,11 @@ class TrainResult:
     history: list[float]
     state_dict: dict[str, torch.Tensor] | None
     lrs: list[float] = field(default_factory=list)
+    stopped_epoch: int | None = None
+    """With ``status="stopped"``: the epoch after which an ``on_epoch`` callback stopped the training
+    (``accuracy`` is then the accuracy reached so far, ``failure`` the callback's reason)."""
+    predicted_accuracy: float | None = None
+    """With ``status="stopped"``: the predicted final accuracy the stop came with, if any."""
 
 
 def lr_at(epoch: int, base_lr: float, cfg: TrainConfig) -> float:
@@ -127,7 +142,7 @@ def train_architecture(
     cfg: TrainConfig,
     options: BuildOptions = BuildOptions(),
     keep_weights: bool = False,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_epoch: Callable[[EpochMetrics], StopTraining | None] | None = None,
 ) -> TrainResult:
     """Train ``arch`` on ``data.train`` with the §5 schedule and score it on ``data.val``.
 
@@ -135,7 +150,9 @@ def train_architecture(
     runs out of memory gives ``status="failed"`` rather than an exception. Same arch, data and ``cfg.seed`` on CPU give
     the same result. Raises ``ConfigError`` if the architecture's classes do not match the data.
     ``on_epoch``, if given, is called with the ``EpochMetrics`` of every epoch as soon as it is
-    trained and evaluated (the trial worker writes them to the store: live learning curves).
+    trained and evaluated (the trial worker writes them to the store: live learning curves); if it
+    returns a ``StopTraining`` after an evaluated epoch, the training ends there with
+    ``status="stopped"`` (early stopping), the accuracy reached so far and the signal's prediction.
     """
     if arch.terminal.classes != data.num_classes:
         raise ConfigError(
@@ -156,7 +173,13 @@ def train_architecture(
     lrs: list[float] = []
     restarts = 0
 
-    def result(status: TrialStatus, accuracy: float, failure: str | None, state: dict | None = None) -> TrainResult:
+    def result(
+        status: TrialStatus,
+        accuracy: float,
+        failure: str | None,
+        state: dict | None = None,
+        stop: StopTraining | None = None,
+    ) -> TrainResult:
         return TrainResult(
             status,
             accuracy,
@@ -168,6 +191,8 @@ def train_architecture(
             history,
             state,
             lrs,
+            len(history) if stop is not None else None,
+            stop.predicted if stop is not None else None,
         )
 
     if cfg.memory_limit is not None:
@@ -206,8 +231,21 @@ def train_architecture(
                     history.append(guessing)
                     what = "NaN" if math.isnan(loss) else "infinite"
                     diverged = f"diverged: loss became {what} at epoch {len(history)}"
+                stop = None
                 if on_epoch is not None:  # the epoch is over: report it before deciding what comes next
-                    on_epoch(EpochMetrics(len(history), loss, accuracy, lr, restarts, time.perf_counter() - start))
+                    stop = on_epoch(
+                        EpochMetrics(len(history), loss, accuracy, lr, restarts, time.perf_counter() - start)
+                    )
+                if stop is not None and accuracy is not None:
+                    # Stopped early: the reward so far counts this epoch, as it would have counted it
+                    # had the training gone on.
+                    if cfg.score == "final" or accuracy > score:
+                        score = accuracy
+                        if keep_weights:
+                            state = {
+                                k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
+                            }
+                    return result(TrialStatus.STOPPED, score, stop.reason, state, stop)
                 # §5: no better than a random predictor after the first epoch (a diverged epoch is
                 # no better either) -> re-initialise with the learning rate x 0.4, at most
                 # max_restarts times; the authors' code gives up after the last one (1/K).

@@ -52,6 +52,28 @@ function fmt(value, digits = 4) {
   return String(value);
 }
 
+function limitsCard(status) {
+  // The objective and limits of the experiment (none: the paper's accuracy, no card).
+  const o = status.objective || {};
+  const l = status.limits || {};
+  const lines = [];
+  if (o.kind === "mnas") lines.push(`accuracy × (${o.metric} / ${fmt(o.target)})^${o.weight}`);
+  if (l.max_params !== null && l.max_params !== undefined) lines.push(`≤ ${fmt(l.max_params)} parameters`);
+  if (l.max_macs !== null && l.max_macs !== undefined) lines.push(`≤ ${fmt(l.max_macs)} MACs`);
+  if (l.max_latency_ms !== null && l.max_latency_ms !== undefined) lines.push(`latency ≤ ${l.max_latency_ms} ms (penalised past it)`);
+  if (!lines.length) return null;
+  return card(o.kind === "mnas" ? "best reward" : "limits", el("span", { id: "objective" },
+    o.kind === "mnas" ? fmt(status.best_reward) : lines[0]), lines.map((line) => el("div", { class: "muted" }, line)));
+}
+
+function statusText(t) {
+  // A trial stopped early (--early-stop): the epoch it stopped after and, for predict, its predicted accuracy.
+  if (t.status !== "stopped") return t.status;
+  const at = t.stopped_epoch ? ` after epoch ${t.stopped_epoch}` : "";
+  const predicted = t.predicted_accuracy === null || t.predicted_accuracy === undefined ? "" : `, predicted ${fmt(t.predicted_accuracy)}`;
+  return `stopped${at}${predicted}`;
+}
+
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
   const s = Math.round(seconds);
@@ -404,6 +426,7 @@ function experimentView(name) {
         card("running", el("span", { id: "running-count" }, fmt(s.running))),
         card("failed", fmt(s.failed)),
         card("best accuracy", el("span", { id: "best" }, fmt(s.best_accuracy))),
+        limitsCard(s),
         card("time left", s.finished ? "done" : duration(d.eta.seconds_left),
           el("div", { class: "muted" }, d.eta.trials_per_hour ? `${fmt(d.eta.trials_per_hour, 1)} models/h` : "")),
         card("ε", fmt(s.epsilon, 2)),
@@ -508,8 +531,10 @@ function experimentView(name) {
         board.sort = key; board.offset = 0; renderBoard();
       } });
     const filter = el("select", { "aria-label": "status", onchange: (ev) => { board.status = ev.target.value; board.offset = 0; renderBoard(); } },
-      ["", "done", "failed", "running"].map((s) => el("option", { value: s, selected: board.status === s }, s || "all trials")));
+      ["", "done", "stopped", "failed", "running"].map((s) => el("option", { value: s, selected: board.status === s }, s || "all trials")));
     const last = Math.min(data.offset + data.limit, data.total);
+    // A reward column when the objective is not the accuracy itself (--objective mnas, --max-latency-ms).
+    const rewarded = board.sort === "reward" || data.trials.some((t) => t.reward !== null && t.reward !== t.accuracy);
     fill(section("leaderboard"),
       el("div", { class: "toolbar" }, filter, el("span", { class: "muted" },
         `${fmt(data.total ? data.offset + 1 : 0)}–${fmt(last)} of ${fmt(data.total)}`),
@@ -517,11 +542,13 @@ function experimentView(name) {
         onclick: () => { board.offset = Math.max(0, board.offset - board.limit); renderBoard(); } }, "previous"),
       el("button", { type: "button", disabled: last >= data.total,
         onclick: () => { board.offset += board.limit; renderBoard(); } }, "next")),
-      table([{ label: "#", num: true }, header("accuracy", "accuracy"), header("params", "params"), header("ε", "epsilon"),
+      table([{ label: "#", num: true }, header("accuracy", "accuracy"), ...(rewarded ? [header("reward", "reward")] : []),
+        header("params", "params"), header("MACs", "macs"), header("latency ms", "latency"), header("ε", "epsilon"),
         header("time", "time"), header("trial", "id"), { label: "status" }, { label: "architecture" }],
       data.trials.map((t, i) => ({ id: t.id, cls: t.status === "failed" ? "failed" : null, cells: [
-        fmt(data.offset + i + 1), fmt(t.accuracy), fmt(t.params), fmt(t.epsilon, 2), duration(t.train_seconds),
-        link(`#/trial/${t.id}`, String(t.id)), t.status, el("span", { class: "arch", title: t.failure || "" }, t.arch)] })),
+        fmt(data.offset + i + 1), fmt(t.accuracy), ...(rewarded ? [fmt(t.reward)] : []), fmt(t.params), fmt(t.macs),
+        fmt(t.latency_ms, 3), fmt(t.epsilon, 2), duration(t.train_seconds),
+        link(`#/trial/${t.id}`, String(t.id)), statusText(t), el("span", { class: "arch", title: t.failure || "" }, t.arch)] })),
       { cls: "leaderboard" }));
   };
   return {
@@ -576,13 +603,17 @@ function trialView(id) {
         fill(section("trial"),
           el("dl", { class: "facts" },
             el("dt", {}, "architecture"), el("dd", { class: "arch", id: "trial-arch" }, t.arch),
-            el("dt", {}, "status"), el("dd", { id: "trial-status" }, t.status),
+            el("dt", {}, "status"), el("dd", { id: "trial-status" }, statusText(t)),
             el("dt", {}, "accuracy"), el("dd", {}, fmt(t.accuracy)),
             el("dt", {}, "parameters"), el("dd", {}, fmt(t.params)),
+            el("dt", {}, "MACs"), el("dd", { id: "trial-macs" }, fmt(t.macs)),
+            el("dt", {}, "latency (batch 1)"), el("dd", { id: "trial-latency" },
+              t.latency_ms === null || t.latency_ms === undefined ? "–" : `${fmt(t.latency_ms, 3)} ms`),
+            el("dt", {}, "reward"), el("dd", { id: "trial-reward" }, fmt(t.reward)),
             el("dt", {}, "ε"), el("dd", {}, fmt(t.epsilon, 2)),
             el("dt", {}, "worker"), el("dd", {}, t.worker || "–"),
             el("dt", {}, "attempts"), el("dd", {}, fmt(t.attempts)),
-            t.failure ? [el("dt", {}, "failure"), el("dd", { id: "trial-failure" }, t.failure)] : null,
+            t.failure ? [el("dt", {}, t.status === "stopped" ? "why stopped" : "failure"), el("dd", { id: "trial-failure" }, t.failure)] : null,
             el("dt", {}, "launched"), el("dd", {}, when(d.created_at)),
             el("dt", {}, "started"), el("dd", {}, when(t.started_at)),
             el("dt", {}, "finished"), el("dd", {}, when(t.finished_at)),
