@@ -5,7 +5,10 @@ retried step resumes where it stopped) with a cluster launcher that starts one p
 (``kubernetes``: Jobs; ``kfp``: runs) up to ``parallelism`` at a time, or worker processes of
 the step (``local``, for ``kfp.local`` runs). With ``kubernetes`` the trial pods are built on
 the admin's Job template when the pipeline mounted one (ConfigMap ``nasagent-trial-template``)
-and get the CPU, memory and ``/dev/shm`` sizes given here. The step's log starts with the address of
+and get the CPU, memory and ``/dev/shm`` sizes given here. The run's early stopping
+(``early_stop*``) and deployment limits and objective (``max_*``, ``objective*``) become the
+search's flags when set ("" and 0 leave a flag out; a bad value is the CLI's one-line error,
+before anything is created). The step's log starts with the address of
 the experiment on the live dashboard (``dashboard_url``), then shows one line per finished trial,
 and the artifact store holds a leaderboard refreshed as trials finish
 (``<experiment>/reports/leaderboard.md``, ``.json``). At the end it writes the Markdown
@@ -52,6 +55,19 @@ def search_agent(
     db_secret: str,
     s3_secret: str,
     dashboard_url: str,
+    early_stop: str,
+    early_stop_min_trials: int,
+    early_stop_start_epoch: int,
+    early_stop_retrain_every: int,
+    early_stop_delta: float,
+    early_stop_wait: float,
+    max_params: int,
+    max_macs: int,
+    max_latency_ms: float,
+    objective: str,
+    objective_metric: str,
+    objective_target: float,
+    objective_weight: float,
     leaderboard: Output[Markdown],
     report: Output[HTML],
     accuracy_plot: Output[HTML],
@@ -89,6 +105,19 @@ def search_agent(
         db_secret: Secret holding the database URL (key url); must be nasagent-db with a cluster launcher.
         s3_secret: Secret holding the S3 keys (accesskey, secretkey); the kubernetes launcher's trial pods read it too.
         dashboard_url: The live dashboard the step's first line points to: "" for Kubeflow's, a URL, or none.
+        early_stop: --early-stop: none, median or predict; "" leaves it out (none, or what a resumed experiment stored).
+        early_stop_min_trials: --early-stop-min-trials; 0 leaves it out (the rule's default).
+        early_stop_start_epoch: --early-stop-start-epoch; 0 leaves it out (the rule's default).
+        early_stop_retrain_every: --early-stop-retrain-every (predict); 0 leaves it out (10).
+        early_stop_delta: --early-stop-delta (predict); 0 leaves it out (0.99).
+        early_stop_wait: --early-stop-wait in seconds; 0 leaves it out (10).
+        max_params: --max-params; 0 for no limit.
+        max_macs: --max-macs; 0 for no limit.
+        max_latency_ms: --max-latency-ms; 0 for no limit.
+        objective: --objective: accuracy or mnas; "" for accuracy.
+        objective_metric: --objective-metric (mnas); "" for latency.
+        objective_target: --objective-target (mnas); 0 for the metric's limit.
+        objective_weight: --objective-weight (mnas); 0 for MnasNet's -0.07.
         leaderboard: The top 25 as a Markdown table.
         report: The self-contained HTML report (Figures 3, A2-A4, leaderboard, failures, timing).
         accuracy_plot: Figure 3 alone: the accuracy of every model in launch order.
@@ -134,6 +163,17 @@ def search_agent(
             s3_secret=s3_secret,
             s3_endpoint=s3_endpoint,
             trial_template=kubeflow.mounted_trial_template(),
+            early_stop=kubeflow.EarlyStopping(
+                early_stop,
+                early_stop_min_trials,
+                early_stop_start_epoch,
+                early_stop_retrain_every,
+                early_stop_delta,
+                early_stop_wait,
+            ),
+            limits=kubeflow.DeploymentLimits(
+                max_params, max_macs, max_latency_ms, objective, objective_metric, objective_target, objective_weight
+            ),
         )
     )
     store = open_artifacts(url)

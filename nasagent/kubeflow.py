@@ -5,8 +5,9 @@ cannot share helpers with another; the few things they share live here, in the l
 images hold: where the artifact store is (``artifacts_url``, ``use_s3_endpoint``: by default the
 Kubeflow platform's own object store), the ``nasagent search`` command line of the agent step
 (``search_argv``, with the admin's trial Job template when the pipeline mounted one:
-``mounted_trial_template``), the address of the experiment on the live dashboard that the agent
-step prints when it starts (``dashboard_line``), the ranks the finetune step fans out over
+``mounted_trial_template``, and the early stopping and deployment limits the run set:
+``EarlyStopping``, ``DeploymentLimits``), the address of the experiment on the live dashboard
+that the agent step prints when it starts (``dashboard_line``), the ranks the finetune step fans out over
 (``finetune_ranks``), and the files and metrics the Kubeflow UI shows (``write_search_outputs``,
 ``ensemble_markdown``).
 Nothing here trains or decides anything: the components run the same ``nasagent`` code as the CLI.
@@ -208,6 +209,78 @@ class TrialResources:
         return flags
 
 
+def given_flags(values: Sequence[tuple[str, str | int | float]]) -> list[str]:
+    """``(flag, value)`` pairs as ``nasagent search`` flags, leaving out the ones a pipeline
+    parameter sets to "off": ``""`` (or blanks) and ``0``. What is left goes to the CLI as given,
+    so a bad value is the CLI's one-line error (exit 2), before anything is created. A value
+    starting with ``-`` is written ``--flag=VALUE``: argparse would take ``-1e-05`` for a flag."""
+    flags: list[str] = []
+    for flag, value in values:
+        text = value.strip() if isinstance(value, str) else ("" if value == 0 else str(value))
+        if text:
+            flags += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+    return flags
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """The pipeline's ``early_stop*`` parameters: ``--early-stop`` and its ``--early-stop-*``
+    settings (docs/early-stopping.md). ``""`` and ``0`` mean "not given": the rule's own default,
+    and no rule (``none``, every trial trains to the end) when ``rule`` is ``""``; a retried or
+    resumed run then keeps what its experiment stored."""
+
+    rule: str = ""
+    min_trials: int = 0
+    start_epoch: int = 0
+    retrain_every: int = 0
+    delta: float = 0.0
+    wait_seconds: float = 0.0
+
+    def flags(self) -> list[str]:
+        """The flags given (``given_flags``)."""
+        return given_flags(
+            [
+                ("--early-stop", self.rule),
+                ("--early-stop-min-trials", self.min_trials),
+                ("--early-stop-start-epoch", self.start_epoch),
+                ("--early-stop-retrain-every", self.retrain_every),
+                ("--early-stop-delta", self.delta),
+                ("--early-stop-wait", self.wait_seconds),
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentLimits:
+    """The pipeline's deployment limits and objective (docs/limits.md): ``--max-params``,
+    ``--max-macs``, ``--max-latency-ms``, ``--objective`` and its ``--objective-*`` settings.
+    ``""`` and ``0`` mean "not given": no limit, the plain accuracy as the objective, and for
+    ``mnas`` the CLI's defaults (metric ``latency``, target the metric's limit, weight -0.07;
+    a weight of 0 would make ``mnas`` the accuracy itself: ``objective`` ``accuracy`` says that)."""
+
+    max_params: int = 0
+    max_macs: int = 0
+    max_latency_ms: float = 0.0
+    objective: str = ""
+    objective_metric: str = ""
+    objective_target: float = 0.0
+    objective_weight: float = 0.0
+
+    def flags(self) -> list[str]:
+        """The flags given (``given_flags``)."""
+        return given_flags(
+            [
+                ("--max-params", self.max_params),
+                ("--max-macs", self.max_macs),
+                ("--max-latency-ms", self.max_latency_ms),
+                ("--objective", self.objective),
+                ("--objective-metric", self.objective_metric),
+                ("--objective-target", self.objective_target),
+                ("--objective-weight", self.objective_weight),
+            ]
+        )
+
+
 def search_argv(
     *,
     experiment: str,
@@ -231,15 +304,18 @@ def search_argv(
     s3_secret: str,
     s3_endpoint: str,
     trial_template: str = "",
+    early_stop: EarlyStopping = EarlyStopping(),
+    limits: DeploymentLimits = DeploymentLimits(),
 ) -> list[str]:
     """The ``nasagent search`` command line of the pipeline's agent step.
 
-    ``trials`` 0 means the whole schedule. The launcher's flags go in only for ``kubernetes``
-    and ``kfp``; with ``local`` (a ``kfp.local`` run) the trials run as worker processes of the
-    step and the GPU settings are ignored, with a warning. The ``kubernetes`` launcher also gets
-    the trial pods' CPU, memory and ``/dev/shm`` sizes, the S3 Secret and endpoint they read, and
-    the admin's Job template (``trial_template``, a path; "" for none); the ``kfp`` launcher
-    builds its own trial pods (``nasagent.execution.kfp``).
+    ``trials`` 0 means the whole schedule; ``early_stop`` and ``limits`` add only the flags the
+    run set (``EarlyStopping``, ``DeploymentLimits``), with every launcher. The launcher's flags
+    go in only for ``kubernetes`` and ``kfp``; with ``local`` (a ``kfp.local`` run) the trials
+    run as worker processes of the step and the GPU settings are ignored, with a warning. The
+    ``kubernetes`` launcher also gets the trial pods' CPU, memory and ``/dev/shm`` sizes, the S3
+    Secret and endpoint they read, and the admin's Job template (``trial_template``, a path; ""
+    for none); the ``kfp`` launcher builds its own trial pods (``nasagent.execution.kfp``).
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
@@ -270,6 +346,7 @@ def search_argv(
     ]
     if trials:
         argv += ["--trials", str(trials)]
+    argv += [*early_stop.flags(), *limits.flags()]
     if launcher == "local":
         if gpus_per_trial or node_selector or tolerations:
             log.warning(

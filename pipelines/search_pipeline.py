@@ -25,10 +25,12 @@ Steps (pods), in order:
 1. ``prepare`` (trainer image, CPU): split the dataset once into the artifact store.
 2. ``search-agent`` (agent image, CPU, long-lived): prints the experiment's address on the live
    dashboard (``dashboard_url``), then ``nasagent search`` with the Kubernetes
-   launcher: ``parallelism`` trial pods at a time, ``gpus_per_trial`` GPUs and the ``trial_*``
-   CPU, memory and ``/dev/shm`` sizes each, built on the admin's Job template (the ConfigMap
-   ``trial_template``, mounted when it exists), on the nodes ``gpu_node_selector`` /
-   ``gpu_tolerations`` select. Retried up to 3 times: a retry resumes the search from PostgreSQL.
+   launcher, the run's early stopping (``early_stop*``) and deployment limits and objective
+   (``max_*``, ``objective*``; "" and 0 are off): ``parallelism`` trial pods at a time,
+   ``gpus_per_trial`` GPUs and the ``trial_*`` CPU, memory and ``/dev/shm`` sizes each, built on
+   the admin's Job template (the ConfigMap ``trial_template``, mounted when it exists), on the
+   nodes ``gpu_node_selector`` / ``gpu_tolerations`` select. Retried up to 3 times: a retry
+   resumes the search from PostgreSQL.
 3. ``finetune`` (trainer image, GPU), one pod per rank 1..``finetune_top``, in parallel
    (``dsl.ParallelFor`` inside ``dsl.If(finetune_top > 0)``), sized like a default trial pod.
 4. ``ensemble`` (agent image, CPU): the top ``ensemble_top`` finetuned models on the test split.
@@ -211,6 +213,19 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
         epochs: int = 20,
         seed: int = 0,
         parallelism: int = 4,
+        early_stop: str = "",
+        early_stop_min_trials: int = 0,
+        early_stop_start_epoch: int = 0,
+        early_stop_retrain_every: int = 0,
+        early_stop_delta: float = 0.0,
+        early_stop_wait: float = 0.0,
+        max_params: int = 0,
+        max_macs: int = 0,
+        max_latency_ms: float = 0.0,
+        objective: str = "",
+        objective_metric: str = "",
+        objective_target: float = 0.0,
+        objective_weight: float = 0.0,
         gpus_per_trial: int = 1,
         gpu_node_selector: dict = GPU_NODE_SELECTOR,
         gpu_tolerations: list = GPU_TOLERATIONS,
@@ -251,6 +266,23 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
             epochs: Training epochs per trial (20 in the paper).
             seed: Seed of the split, the agent and every trial.
             parallelism: Trial pods at once.
+            early_stop: Early stopping of hopeless trials: none, median (Katib's median stopping rule) or
+                predict (Baker et al. 2018); "" for none (docs/early-stopping.md).
+            early_stop_min_trials: Fully trained trials before the rule is used; 0 for the rule's default
+                (median 3, predict 100).
+            early_stop_start_epoch: First epoch of a trial that is judged; 0 for the rule's default (median 4,
+                predict 1).
+            early_stop_retrain_every: predict: refit the predictor after this many more trained trials; 0 for 10.
+            early_stop_delta: predict: stop when P(final accuracy <= best so far) >= delta; 0 for 0.99.
+            early_stop_wait: Seconds a trial waits for the agent's decision after each epoch; 0 for 10.
+            max_params: Never propose a network with more trainable parameters; 0 for no limit (docs/limits.md).
+            max_macs: Never propose a network with more MACs per image; 0 for no limit.
+            max_latency_ms: Batch-1 latency limit on the trial's device (slower networks' reward is penalised);
+                0 for none.
+            objective: accuracy or mnas (accuracy x (metric / target)^weight); "" for accuracy.
+            objective_metric: mnas: latency, params or macs; "" for latency.
+            objective_target: mnas: the metric's target; 0 for the metric's max_* limit.
+            objective_weight: mnas: the exponent (0 or negative); 0 for MnasNet's -0.07.
             gpus_per_trial: GPUs per trial pod and per finetune pod (0: CPU).
             gpu_node_selector: Node labels of the GPU pool ({} for none).
             gpu_tolerations: Tolerations of the GPU pool's taint ([] for none).
@@ -295,6 +327,19 @@ def search_pipeline_for(target: Target) -> Callable[..., Any]:
             epochs=epochs,
             seed=seed,
             parallelism=parallelism,
+            early_stop=early_stop,
+            early_stop_min_trials=early_stop_min_trials,
+            early_stop_start_epoch=early_stop_start_epoch,
+            early_stop_retrain_every=early_stop_retrain_every,
+            early_stop_delta=early_stop_delta,
+            early_stop_wait=early_stop_wait,
+            max_params=max_params,
+            max_macs=max_macs,
+            max_latency_ms=max_latency_ms,
+            objective=objective,
+            objective_metric=objective_metric,
+            objective_target=objective_target,
+            objective_weight=objective_weight,
             launcher=launcher,
             trial_image=trainer_image,
             gpus_per_trial=gpus_per_trial,

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
 from nasagent.errors import ArtifactError, ConfigError
 from nasagent.kubeflow import (
+    DeploymentLimits,
+    EarlyStopping,
     TrialResources,
     artifacts_url,
     check_trial_secrets,
@@ -33,6 +36,7 @@ from nasagent.kubeflow import (
     export_finetuned,
     finetune_ranks,
     mounted_trial_template,
+    run_cli,
     search_argv,
     toleration_flags,
     use_s3_endpoint,
@@ -220,6 +224,34 @@ def test_leaderboard_is_published_when_a_trial_finishes(
     assert artifacts.exists(json_key)
 
 
+def test_the_live_leaderboard_marks_a_stopped_trials_predicted_accuracy(tmp_path: Path, store: Store) -> None:
+    """A trial stopped early (``--early-stop predict``) ranks by its predicted final accuracy, and the
+    live leaderboard says so: ``stopped@t`` and ``(predicted)`` in the Markdown, ``accuracy_source``
+    in the JSON, while the trained trials stay plain."""
+    config = SearchConfig(trials=3, epochs=6, early_stop="predict").to_dict()
+    experiment = store.create_experiment("live-stop", config)
+    with store.transaction() as tx:
+        for arch, status, accuracy in (("[FC(32), SM(10)]", "done", 0.9), ("[C(8,3,1), SM(10)]", "stopped", 0.95)):
+            trial_id = tx.insert_trial(experiment.id, arch, Architecture.parse(arch).digest, 1.0)
+            stopped = {"stopped_epoch": 3, "observed_accuracy": 0.62, "predicted_accuracy": 0.95}
+            reason = "predict: P(final <= 0.9) = 0.01 after epoch 3" if status == "stopped" else None
+            tx.finish_trial(trial_id, status, accuracy, 1000, reason, 1.5, stopped if status == "stopped" else None)
+    artifacts = open_artifacts(f"file://{tmp_path}")
+    assert LeaderboardPublisher(store, artifacts, "live-stop").publish()
+    json_key, md_key = leaderboard_keys("live-stop")
+
+    document = json.loads(artifacts.get_bytes(json_key))
+    assert [
+        (r["rank"], r["status"], r.get("stopped_epoch"), r["accuracy"], r["accuracy_source"]) for r in document["top"]
+    ] == [(1, "stopped", 3, 0.95, "predicted"), (2, "done", None, 0.9, "trained")]
+    assert document["top"][0]["observed_accuracy"] == 0.62 and document["status"]["stopped"] == 1
+    markdown = artifacts.get_bytes(md_key).decode()
+    assert "2 of 3 models trained, 0 failed, 1 stopped early, 0 running, best accuracy 0.9000." in markdown
+    assert "| 1 | 0.9500 (predicted) | stopped@3 | 1,000 |" in markdown
+    assert "| 2 | 0.9000 | done | 1,000 |" in markdown
+    assert "A trial with status stopped@t was stopped early" in markdown
+
+
 # -- nasagent.kubeflow: what the components share --------------------------------------------------------
 
 
@@ -346,6 +378,161 @@ def test_search_command_line_of_the_agent_step(caplog: pytest.LogCaptureFixture)
         search_argv(launcher="slurm", **common)
     with pytest.raises(ConfigError, match="needs a key and an effect"):
         toleration_flags([{"operator": "Exists"}])
+
+
+def agent_argv(launcher: str = "local", **changes: Any) -> list[str]:
+    """The agent step's command line for a digits search, as a ``kfp.local`` run makes it."""
+    given: dict[str, Any] = dict(
+        experiment="e",
+        dataset="digits",
+        space="metaqnn-small",
+        strategy="qlearning",
+        trials=2,
+        schedule="paper",
+        epochs=3,
+        seed=0,
+        parallelism=1,
+        launcher=launcher,
+        trial_image="reg/nasagent-trainer:1",
+        gpus_per_trial=0,
+        node_selector={},
+        tolerations=[],
+        pending_timeout=900,
+        artifacts="file:///tmp/unused",
+        keep_top=1,
+        trial_resources=TrialResources("3", "4", "10Gi", "10Gi", "2Gi"),
+        s3_secret="mlpipeline-minio-artifact",
+        s3_endpoint="",
+    )
+    return search_argv(**{**given, **changes})
+
+
+EARLY_STOP_FLAGS = (
+    "--early-stop",
+    "--early-stop-min-trials",
+    "--early-stop-start-epoch",
+    "--early-stop-retrain-every",
+    "--early-stop-delta",
+    "--early-stop-wait",
+)
+LIMIT_FLAGS = (
+    "--max-params",
+    "--max-macs",
+    "--max-latency-ms",
+    "--objective",
+    "--objective-metric",
+    "--objective-target",
+    "--objective-weight",
+)
+
+
+@pytest.mark.parametrize("launcher", ["local", "kubernetes", "kfp"])
+def test_the_runs_early_stopping_limits_and_objective_become_search_flags(launcher: str) -> None:
+    """The pipeline's ``early_stop*``, ``max_*`` and ``objective*`` parameters: "" and 0 give no
+    flag (the CLI's defaults, or what a resumed experiment stored); anything else is passed as it
+    is, with every launcher, and the CLI reads back exactly the values the run gave."""
+    from nasagent.cli import _early_stop_given, build_parser
+
+    off = agent_argv(launcher)
+    assert off == agent_argv(
+        launcher,
+        early_stop=EarlyStopping(" ", 0, 0, 0, 0.0, 0.0),
+        limits=DeploymentLimits(0, 0, 0.0, "", " ", 0.0, 0.0),
+    )
+    assert not {*EARLY_STOP_FLAGS, *LIMIT_FLAGS} & {arg.partition("=")[0] for arg in off}
+    parsed = build_parser().parse_args(off)
+    assert _early_stop_given(parsed) is None
+    assert (parsed.max_params, parsed.max_macs, parsed.max_latency_ms, parsed.objective) == (None, None, None, None)
+
+    early_stop = EarlyStopping(" predict ", 20, 2, 5, 0.95, 30.0)
+    limits = DeploymentLimits(250_000, 40_000_000, 2.5, "mnas", "params", 100_000.0, -0.07)
+    argv = agent_argv(launcher, early_stop=early_stop, limits=limits)
+    added, at = [*early_stop.flags(), *limits.flags()], argv.index("--early-stop")
+    assert argv[at : at + len(added)] == added and argv[:at] + argv[at + len(added) :] == off  # nothing else changes
+    values = flag_values([arg for arg in argv if not arg.startswith("--objective-weight=")])
+    assert {flag: values[flag] for flag in (*EARLY_STOP_FLAGS, *LIMIT_FLAGS[:-1])} == {
+        "--early-stop": ["predict"],
+        "--early-stop-min-trials": ["20"],
+        "--early-stop-start-epoch": ["2"],
+        "--early-stop-retrain-every": ["5"],
+        "--early-stop-delta": ["0.95"],
+        "--early-stop-wait": ["30.0"],
+        "--max-params": ["250000"],
+        "--max-macs": ["40000000"],
+        "--max-latency-ms": ["2.5"],
+        "--objective": ["mnas"],
+        "--objective-metric": ["params"],
+        "--objective-target": ["100000.0"],
+    }
+    assert "--objective-weight=-0.07" in argv  # a negative value cannot be taken for a flag
+    parsed = build_parser().parse_args(argv)
+    assert _early_stop_given(parsed) == {
+        "rule": "predict",
+        "min_trials": 20,
+        "start_epoch": 2,
+        "retrain_every": 5,
+        "delta": 0.95,
+        "wait_seconds": 30.0,
+    }
+    assert (parsed.max_params, parsed.max_macs, parsed.max_latency_ms) == (250_000, 40_000_000, 2.5)
+    assert (parsed.objective, parsed.objective_metric, parsed.objective_target, parsed.objective_weight) == (
+        "mnas",
+        "params",
+        100_000.0,
+        -0.07,
+    )
+    # What the CLI then validates and stores: the same settings as `nasagent search` with these flags.
+    config = SearchConfig(
+        space="metaqnn-small",
+        epochs=3,
+        early_stop=_early_stop_given(parsed),
+        max_params=parsed.max_params,
+        max_macs=parsed.max_macs,
+        max_latency_ms=parsed.max_latency_ms,
+        objective=parsed.objective,
+        objective_metric=parsed.objective_metric,
+        objective_target=parsed.objective_target,
+        objective_weight=parsed.objective_weight,
+    )
+    assert config.early_stop.to_dict() == _early_stop_given(parsed)
+    assert (config.objective_metric, config.objective_target, config.objective_weight) == ("params", 1e5, -0.07)
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"limits": DeploymentLimits(max_params=-5)}, "--max-params must be a positive whole number, got -5"),
+        ({"limits": DeploymentLimits(max_latency_ms=-1.5)}, "--max-latency-ms must be a positive number"),
+        ({"limits": DeploymentLimits(max_params=10)}, "no network of space 'metaqnn-small'"),
+        ({"limits": DeploymentLimits(objective="mnas")}, "--objective mnas needs --objective-target"),
+        ({"limits": DeploymentLimits(objective="fastest")}, "--objective must be one of"),
+        ({"limits": DeploymentLimits(objective_weight=-1e-05)}, "--objective-weight applies to --objective mnas"),
+        ({"early_stop": EarlyStopping(rule="sometimes")}, "--early-stop must be one of none, median, predict"),
+        ({"early_stop": EarlyStopping(rule="predict", delta=1.5)}, "--early-stop-delta must be in [0.5, 1)"),
+        ({"early_stop": EarlyStopping(rule="median", start_epoch=3)}, "must be below --epochs 3"),
+        ({"early_stop": EarlyStopping(rule="median", retrain_every=5)}, "--early-stop-retrain-every needs"),
+        ({"early_stop": EarlyStopping(min_trials=-2)}, "--early-stop-min-trials"),
+    ],
+)
+def test_a_bad_early_stop_or_limit_parameter_is_the_clis_one_line_error(
+    changes: dict[str, Any],
+    words: str,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What the agent step does with the run's parameters (``run_cli(search_argv(...))``): a bad
+    value stops the step with the CLI's one line and exit code 2, and no experiment is created."""
+    monkeypatch.setenv("NASAGENT_DB", db_url)
+    monkeypatch.setenv("NASAGENT_HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(agent_argv("local", experiment="refused", **changes))
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nasagent: error: ") and words in lines[0], lines
+    with Store.connect(db_url) as store:
+        assert store.find_experiment("refused") is None
 
 
 def test_the_agent_steps_trial_job_carries_the_pipelines_sizes_store_and_template(

@@ -48,6 +48,23 @@ from pipelines.search_pipeline import (  # noqa: E402
     run_local,
 )
 
+EARLY_STOP_PARAMETERS = {
+    "early_stop": ("STRING", None),
+    "early_stop_min_trials": ("NUMBER_INTEGER", 0.0),
+    "early_stop_start_epoch": ("NUMBER_INTEGER", 0.0),
+    "early_stop_retrain_every": ("NUMBER_INTEGER", 0.0),
+    "early_stop_delta": ("NUMBER_DOUBLE", 0.0),
+    "early_stop_wait": ("NUMBER_DOUBLE", 0.0),
+}
+LIMIT_PARAMETERS = {
+    "max_params": ("NUMBER_INTEGER", 0.0),
+    "max_macs": ("NUMBER_INTEGER", 0.0),
+    "max_latency_ms": ("NUMBER_DOUBLE", 0.0),
+    "objective": ("STRING", None),
+    "objective_metric": ("STRING", None),
+    "objective_target": ("NUMBER_DOUBLE", 0.0),
+    "objective_weight": ("NUMBER_DOUBLE", 0.0),
+}
 PARAMETERS = {
     "experiment": ("STRING", None),
     "dataset": ("STRING", "cifar10"),
@@ -59,6 +76,9 @@ PARAMETERS = {
     "epochs": ("NUMBER_INTEGER", 20.0),
     "seed": ("NUMBER_INTEGER", 0.0),
     "parallelism": ("NUMBER_INTEGER", 4.0),
+    # Early stopping, limits and objective: "" and 0 are off (no flag), the CLI's defaults apply.
+    **EARLY_STOP_PARAMETERS,
+    **LIMIT_PARAMETERS,
     "gpus_per_trial": ("NUMBER_INTEGER", 1.0),
     "gpu_node_selector": ("STRUCT", {"nvidia.com/gpu.present": "true"}),
     "gpu_tolerations": ("LIST", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
@@ -257,6 +277,22 @@ def test_the_agent_step_prints_its_dashboard_address_before_it_searches(target: 
     assert printed < body.index("kubeflow.run_cli(") and printed < body.index("open_artifacts(")
 
 
+@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
+def test_the_agent_step_gets_the_runs_early_stopping_limits_and_objective(target: Target) -> None:
+    """Each ``early_stop*``, ``max_*`` and ``objective*`` run parameter reaches the agent step as an
+    input of the same name and type, and the step's code hands them all to ``search_argv``."""
+    spec, _ = compiled(target)
+    task = spec["root"]["dag"]["tasks"]["search-agent"]
+    component = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
+    for name, (kind, _) in {**EARLY_STOP_PARAMETERS, **LIMIT_PARAMETERS}.items():
+        assert task["inputs"]["parameters"][name] == {"componentInputParameter": name}
+        assert component[name]["parameterType"] == kind
+    source = spec["deploymentSpec"]["executors"]["exec-search-agent"]["container"]["command"][-1]
+    call = source.partition("kubeflow.search_argv(")[2].partition("store = open_artifacts")[0]
+    assert "early_stop=kubeflow.EarlyStopping(" in call and "limits=kubeflow.DeploymentLimits(" in call
+    assert all(name in call for name in (*EARLY_STOP_PARAMETERS, *LIMIT_PARAMETERS))
+
+
 HOSTILE = 'a/b\n#/trial/1?x=1&y=<script>alert("x")</script> ü%2F\u2028 \t'
 
 
@@ -363,6 +399,12 @@ def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
         "finetune_epochs": 0,
         "finetune_schedule": "0.002:2,0.0005:1",
         "ensemble_top": 2,
+        # Early stopping and a limit travel from the run's parameters to the search (a median rule
+        # that needs 50 trained trials first: it judges every epoch but stops nothing here).
+        "early_stop": "median",
+        "early_stop_min_trials": 50,
+        "early_stop_start_epoch": 1,
+        "max_params": 1_000_000,
     }
     with pytest.warns(
         UserWarning, match="accelerator.*will be ignored"
@@ -383,6 +425,16 @@ def test_the_compiled_pipeline_runs_end_to_end_under_kfp_local(
         top = db.top(experiment.id, 3)
         counts = db.counts(experiment.id)
     prepared = experiment.config["dataset"]
+    assert experiment.config["early_stop"] == {
+        "rule": "median",
+        "min_trials": 50,
+        "start_epoch": 1,
+        "retrain_every": None,
+        "delta": None,
+        "wait_seconds": 10.0,
+    }
+    assert experiment.config["max_params"] == 1_000_000 and experiment.config["max_macs"] is None
+    assert counts["stopped"] == 0 and all(trial.params <= 1_000_000 for trial in top)
     assert prepared.startswith(f"prepared:{bucket}/datasets/digits/")
     assert counts["unique_trained"] == 3 and len(top) == 3
     metrics = outputs["search_metrics"].metadata

@@ -22,6 +22,7 @@ from nasagent.core.trial import TrialOutcome, TrialSpec
 from nasagent.execution.function import FunctionRunner
 from nasagent.persistence.postgres import Store
 from nasagent.results.report import Report, build_report, make_figures, write_report
+from nasagent.search.leaderboard import leaderboard_markdown
 from nasagent.search.loop import SearchLoop
 from nasagent.spaces.metaqnn import MetaQNNSpace, load_space
 from nasagent.strategies.qlearning import QLearningStrategy
@@ -259,3 +260,94 @@ def test_report_of_an_experiment_with_no_finished_trial(store: Store, tmp_path: 
     page = write_report(report, tmp_path).read_text()
     assert "<img" not in page and page.count("No trial has finished yet.") == 3
     assert report.q.note is not None and "no model has been rewarded yet" in page
+
+
+# Trials of an experiment with early stopping: (architecture, status, accuracy, stopped epoch,
+# best accuracy reached, predicted final accuracy). A stopped trial's accuracy is its reward: the
+# prediction (predict) or the best it reached (median), which is what the search ranks it by.
+PREDICT_TRIALS = [
+    ("[FC(32), SM(10)]", "done", 0.90, None, None, None),
+    ("[C(8,3,1), SM(10)]", "stopped", 0.93, 2, 0.61, 0.93),
+    ("[SM(10)]", "done", 0.80, None, None, None),
+    ("[FC(8), SM(10)]", "stopped", 0.40, 1, 0.35, 0.40),
+]
+MEDIAN_TRIALS = [
+    ("[FC(32), SM(10)]", "done", 0.90, None, None, None),
+    ("[C(8,3,1), SM(10)]", "stopped", 0.55, 4, 0.55, None),
+]
+
+
+def stopping_experiment(store: Store, name: str, rule: str, trials: list[tuple]) -> None:
+    """An experiment searching with ``--early-stop rule`` whose ``trials`` have finished, recorded as
+    the search records them (a stopped trial's ``info`` and the reason it was stopped)."""
+    config = SearchConfig(trials=len(trials), space="metaqnn-small", epochs=6, early_stop=rule)
+    experiment = store.create_experiment(name, config.to_dict())
+    with store.transaction() as tx:
+        for arch, status, accuracy, epoch, observed, predicted in trials:
+            trial_id = tx.insert_trial(experiment.id, arch, Architecture.parse(arch).digest, 1.0)
+            info = {"stopped_epoch": epoch, "observed_accuracy": observed, "predicted_accuracy": predicted}
+            reason = f"{rule}: stopped after epoch {epoch}" if status == "stopped" else None
+            tx.finish_trial(trial_id, status, accuracy, 1000, reason, 2.0, info if status == "stopped" else None)
+
+
+def test_stopped_trials_are_marked_in_every_leaderboard(store: Store, tmp_path: Path) -> None:
+    """A trial stopped early is ranked by its reward like the others, but no leaderboard (the report's
+    page, its leaderboard.md and report.json, the terminal table of ``top``) shows its accuracy as if
+    the network had been trained: a status column says ``stopped@t`` and the accuracy says
+    ``(predicted)`` (predict) or ``(partial)`` (median), with a note saying what that means."""
+    from rich.console import Console
+
+    from nasagent.search.display import leaderboard
+    from nasagent.search.status import top_trials
+
+    stopping_experiment(store, "pred", "predict", PREDICT_TRIALS)
+    report = build_report(store, "pred")
+    assert [(r["arch"], r["status"], r["accuracy_source"]) for r in report.leaderboard] == [
+        ("[C(8,3,1), SM(10)]", "stopped", "predicted"),  # ranked first by its predicted final accuracy
+        ("[FC(32), SM(10)]", "done", "trained"),
+        ("[SM(10)]", "done", "trained"),
+        ("[FC(8), SM(10)]", "stopped", "predicted"),
+    ]
+    index = write_report(report, tmp_path / "pred")
+    markdown = (tmp_path / "pred" / "leaderboard.md").read_text()
+    assert "4 of 4 models trained, 0 failed, 2 stopped early, 0 running, best accuracy 0.9000." in markdown
+    assert "| rank | accuracy | status | params | MACs | latency ms | ε | architecture |" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert [line.split(" | ")[:3] for line in rows] == [
+        ["| 1", "0.9300 (predicted)", "stopped@2"],
+        ["| 2", "0.9000", "done"],
+        ["| 3", "0.8000", "done"],
+        ["| 4", "0.4000 (predicted)", "stopped@1"],
+    ]
+    assert "A trial with status stopped@t was stopped early after epoch t (--early-stop) and never trained" in markdown
+    numbers = json.loads((tmp_path / "pred" / "report.json").read_text())
+    assert [r["accuracy_source"] for r in numbers["leaderboard"]] == ["predicted", "trained", "trained", "predicted"]
+
+    page = index.read_text()
+    table = page[page.index('<table class="leaderboard">') :].partition("</table>")[0]
+    assert "<th>accuracy</th><th>status</th><th>params</th>" in table
+    assert "<td>1</td><td>0.9300 (predicted)</td><td>stopped@2</td>" in table
+    assert "<td>2</td><td>0.9000</td><td>done</td>" in table
+    assert '<p class="note" id="stopped-in-leaderboard">A trial with status stopped@t was stopped early' in page
+    assert "<h2>Stopped early (2)</h2>" in page  # the details of each, as before
+
+    console = Console(width=250, record=True)
+    console.print(leaderboard(top_trials(store, "pred", 10), "top 10 of pred"))
+    text = console.export_text()
+    lines = [line for line in text.splitlines() if "[" in line]
+    assert "0.9300 (predicted)" in lines[0] and "stopped@2" in lines[0] and "[C(8,3,1), SM(10)]" in lines[0]
+    assert "0.9000 " in lines[1] and "done" in lines[1] and "predicted" not in lines[1]
+    assert "status" in text and "A trial with status stopped@t was stopped early after epoch t" in text
+
+    stopping_experiment(store, "med", "median", MEDIAN_TRIALS)  # median: the accuracy reached, not a prediction
+    markdown = leaderboard_markdown("med", build_report(store, "med").status, top_trials(store, "med", 10))
+    assert "| 1 | 0.9000 | done |" in markdown and "| 2 | 0.5500 (partial) | stopped@4 |" in markdown
+
+
+def test_a_leaderboard_without_stopped_trials_has_no_status_column(qreport: Report, tmp_path: Path) -> None:
+    write_report(qreport, tmp_path)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "| rank | accuracy | params | MACs | latency ms | ε | architecture |" in markdown
+    assert "stopped" not in markdown and "(predicted)" not in markdown
+    assert all(r["accuracy_source"] == "trained" for r in qreport.leaderboard)
+    assert 'id="stopped-in-leaderboard"' not in (tmp_path / "index.html").read_text()

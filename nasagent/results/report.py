@@ -41,7 +41,15 @@ from nasagent.core.arch import FC, GAP, Conv, Pool, Softmax, parse_layer
 from nasagent.core.trial import TrialStatus
 from nasagent.errors import ConfigError
 from nasagent.persistence.postgres import Store, TrialRow
-from nasagent.search.leaderboard import LEADERBOARD_SIZE, leaderboard_markdown
+from nasagent.search.leaderboard import (
+    LEADERBOARD_SIZE,
+    STOPPED_NOTE,
+    accuracy_text,
+    leaderboard_markdown,
+    marked,
+    shows_stops,
+    status_text,
+)
 from nasagent.search.status import experiment_status, objective_line, shows_reward, stop_details, top_trials
 from nasagent.strategies.qlearning import QLearningConfig
 
@@ -362,7 +370,7 @@ def build_report(store: Store, experiment_name: str, leaderboard_size: int = LEA
         status=status,
         accuracy=accuracy_curve(trials, replay),
         q=q_analysis(store.load_q(experiment.id), q_init, str(status["strategy"]), len(replay)),
-        leaderboard=top_trials(store, experiment_name, leaderboard_size),
+        leaderboard=marked(top_trials(store, experiment_name, leaderboard_size)),
         failures=[
             {
                 "trial_id": t.id,
@@ -714,14 +722,27 @@ def render_html(report: Report, pngs: dict[str, str]) -> str:
 
 def _leaderboard_html(report: Report) -> list[str]:
     """The leaderboard with parameters, MACs and batch-1 latency, and the reward when the objective is
-    not the accuracy itself; preceded by the objective and limits in words when there are any."""
-    rewarded = shows_reward(report.leaderboard)
-    headers = ["rank", "accuracy", *(["reward"] if rewarded else []), "params", "MACs", "latency ms", "ε"]
+    not the accuracy itself; preceded by the objective and limits in words when there are any. A
+    trial stopped early (``--early-stop``) is ranked by its reward like the others, shows
+    ``stopped@t`` in a status column and its accuracy as ``(predicted)`` or ``(partial)``, with a
+    note above the table: it was never trained to the end (its details: "Stopped early" below)."""
+    rewarded, stops = shows_reward(report.leaderboard), shows_stops(report.leaderboard)
+    headers = [
+        "rank",
+        "accuracy",
+        *(["reward"] if rewarded else []),
+        *(["status"] if stops else []),
+        "params",
+        "MACs",
+        "latency ms",
+        "ε",
+    ]
     rows = [
         [
             r["rank"],
-            r["accuracy"],
+            accuracy_text(r),
             *([r.get("reward")] if rewarded else []),
+            *([status_text(r)] if stops else []),
             r["params"],
             r.get("macs"),
             _fmt(r.get("latency_ms"), 3),
@@ -734,6 +755,8 @@ def _leaderboard_html(report: Report) -> list[str]:
     ]
     objective = objective_line(report.status)
     intro = [f'<p id="objective">{html.escape(objective[0].upper() + objective[1:])}.</p>'] if objective else []
+    if stops:
+        intro.append(f'<p class="note" id="stopped-in-leaderboard">{html.escape(STOPPED_NOTE)}</p>')
     return [*intro, _table([*headers, "trial", "train s", "architecture"], rows, "leaderboard")]
 
 

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from nasagent.core.trial import TrialStatus
 from nasagent.search.callbacks import SearchCallback, SearchView
+from nasagent.search.leaderboard import STOPPED_NOTE, accuracy_text, shows_stops, status_text
 from nasagent.search.progress import Progress
 from nasagent.search.status import shows_reward
 from nasagent.strategies.schedule import EpsilonSchedule
@@ -93,19 +94,32 @@ def _duration(seconds: float) -> str:
 
 def leaderboard(rows: list[dict[str, Any]], title: str) -> Table:
     """The top architectures, best first: accuracy, the reward when the objective is not the accuracy
-    itself (``--objective mnas``, ``--max-latency-ms``), parameters, MACs and batch-1 latency."""
-    table = Table(title=title)
+    itself (``--objective mnas``, ``--max-latency-ms``), parameters, MACs and batch-1 latency. A trial
+    stopped early (``--early-stop``) shows ``stopped@t`` in a status column and its accuracy marked
+    ``(predicted)`` or ``(partial)``, explained under the table: it was never trained to the end."""
+    stops = shows_stops(rows)
+    table = Table(title=title, caption=STOPPED_NOTE if stops else None, caption_justify="left")
     rewarded = shows_reward(rows)
-    columns = ["rank", "accuracy", *(["reward"] if rewarded else []), "params", "MACs", "latency ms", "ε"]
+    columns = [
+        "rank",
+        "accuracy",
+        *(["reward"] if rewarded else []),
+        *(["status"] if stops else []),
+        "params",
+        "MACs",
+        "latency ms",
+        "ε",
+    ]
     for column in [*columns, "architecture"]:
-        table.add_column(column, justify="right" if column != "architecture" else "left")
+        table.add_column(column, justify="left" if column in ("status", "architecture") else "right")
     for row in rows:
         eps = "-" if row.get("epsilon") is None else f"{row['epsilon']:.1f}"
         reward = [_number(row.get("reward"), ".4f")] if rewarded else []
         table.add_row(
             str(row["rank"]),
-            f"{row['accuracy']:.4f}",
+            accuracy_text(row),
             *reward,
+            *([status_text(row)] if stops else []),
             _number(row.get("params"), ","),
             _number(row.get("macs"), ","),
             _number(row.get("latency_ms"), ".3f"),

@@ -6,8 +6,11 @@ since the last call (a new model trained or failed; replay-dictionary hits chang
 it writes
 
 * ``<experiment>/reports/leaderboard.json``:
-  ``{"status": <nasagent status --json>, "top": <nasagent top --json>, "updated_at": ...}``
+  ``{"status": <nasagent status --json>, "top": <nasagent top --json>, "updated_at": ...}``, each
+  row of ``top`` with its ``accuracy_source``: ``trained``, or for a trial stopped early
+  (``--early-stop``, status ``stopped``) ``predicted`` or ``partial``
 * ``<experiment>/reports/leaderboard.md``: the same table as ``nasagent report``'s ``leaderboard.md``
+  (a stopped trial's status is ``stopped@t`` and its accuracy says ``(predicted)`` or ``(partial)``)
 
 so that a long search on a cluster can be followed from the object store (``mc cat``, the MinIO
 console) while it runs. A failing store is logged, never raised: the leaderboard must not stop
@@ -22,6 +25,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+from nasagent.core.trial import TrialStatus
 from nasagent.errors import ArtifactError
 from nasagent.persistence.artifacts import ENV_URL, ArtifactStore, experiment_key, open_artifacts
 from nasagent.persistence.postgres import Store
@@ -41,23 +45,74 @@ def leaderboard_keys(experiment: str) -> tuple[str, str]:
     )
 
 
+STOPPED_NOTE = (
+    "A trial with status stopped@t was stopped early after epoch t (--early-stop) and never trained to the end: "
+    "its accuracy is the predicted final accuracy (predicted) or the best it reached before it stopped "
+    "(partial), and it is ranked by that reward."
+)
+"""What every leaderboard with a stopped trial says under (or over) its table."""
+
+
+def accuracy_source(row: dict[str, Any]) -> str:
+    """Where the accuracy of a ``top_trials`` row comes from: ``trained`` (the network trained to the
+    end), or for a trial stopped early (``--early-stop``) ``predicted`` (predict: Baker et al.'s
+    predicted final accuracy, its reward) or ``partial`` (median: the best it reached before it stopped)."""
+    if row.get("status") != TrialStatus.STOPPED:
+        return "trained"
+    return "predicted" if row.get("predicted_accuracy") is not None else "partial"
+
+
+def shows_stops(rows: list[dict[str, Any]]) -> bool:
+    """Whether a leaderboard needs its status column: some row is a trial stopped early."""
+    return any(accuracy_source(row) != "trained" for row in rows)
+
+
+def status_text(row: dict[str, Any]) -> str:
+    """The status column of a leaderboard: ``done``, or ``stopped@t`` for a trial stopped early after epoch t."""
+    if accuracy_source(row) == "trained":
+        return str(row.get("status") or TrialStatus.DONE.value)
+    epoch = row.get("stopped_epoch")
+    return f"stopped@{'?' if epoch is None else epoch}"
+
+
+def accuracy_text(row: dict[str, Any]) -> str:
+    """The accuracy of a leaderboard row, followed by ``(predicted)`` or ``(partial)`` when the
+    network was not trained to the end, so that nobody takes it for a trained accuracy."""
+    source = accuracy_source(row)
+    value = "-" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
+    return value if source == "trained" else f"{value} ({source})"
+
+
+def marked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``top_trials`` rows with their ``accuracy_source`` (``trained``, ``predicted``, ``partial``):
+    what the JSON leaderboards add for the programs that read them."""
+    return [{**row, "accuracy_source": accuracy_source(row)} for row in rows]
+
+
 def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict[str, Any]]) -> str:
-    """The leaderboard table in Markdown (the columns of ``nasagent report``'s ``leaderboard.md``)."""
+    """The leaderboard table in Markdown (the columns of ``nasagent report``'s ``leaderboard.md``),
+    with a status column (``done``, ``stopped@t``) when a trial of it was stopped early."""
     best = status.get("best_accuracy")
+    stopped = f", {status['stopped']} stopped early" if status.get("stopped") else ""
     lines = [
         f"# {experiment}: top {len(top)}",
         "",
-        f"{status.get('unique_trained')} of {status.get('budget')} models trained, {status.get('failed')} failed, "
-        f"{status.get('running')} running, best accuracy {'-' if best is None else f'{best:.4f}'}.",
+        f"{status.get('unique_trained')} of {status.get('budget')} models trained, {status.get('failed')} failed"
+        f"{stopped}, {status.get('running')} running, best accuracy {'-' if best is None else f'{best:.4f}'}.",
         "",
     ]
     objective = objective_line(status)
     if objective:
         lines += [f"{objective[0].upper()}{objective[1:]}.", ""]
-    rewarded = shows_reward(top)
+    rewarded, stops = shows_reward(top), shows_stops(top)
+    if stops:
+        lines += [STOPPED_NOTE, ""]
     lines += [
-        "| rank | accuracy |" + (" reward |" if rewarded else "") + " params | MACs | latency ms | ε | architecture |",
-        "|---:|---:|" + ("---:|" if rewarded else "") + "---:|---:|---:|---:|---|",
+        "| rank | accuracy |"
+        + (" reward |" if rewarded else "")
+        + (" status |" if stops else "")
+        + " params | MACs | latency ms | ε | architecture |",
+        "|---:|---:|" + ("---:|" if rewarded else "") + ("---|" if stops else "") + "---:|---:|---:|---:|---|",
     ]
     for row in top:
         eps = "-" if row.get("epsilon") is None else f"{row['epsilon']:.2f}"
@@ -65,8 +120,9 @@ def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict
         macs = "-" if row.get("macs") is None else f"{row['macs']:,}"
         latency = "-" if row.get("latency_ms") is None else f"{row['latency_ms']:.3f}"
         reward = f" {row['reward']:.4f} |" if rewarded else ""
+        state = f" {status_text(row)} |" if stops else ""
         measures = f"{params} | {macs} | {latency}"
-        lines.append(f"| {row['rank']} | {row['accuracy']:.4f} |{reward} {measures} | {eps} | `{row['arch']}` |")
+        lines.append(f"| {row['rank']} | {accuracy_text(row)} |{reward}{state} {measures} | {eps} | `{row['arch']}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +150,7 @@ class LeaderboardPublisher(SearchCallback):
         top = top_trials(self.db, self.experiment, self.k)
         document = {
             "status": status,
-            "top": top,
+            "top": marked(top),
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         json_key, md_key = leaderboard_keys(self.experiment)
