@@ -2,10 +2,12 @@
 
 Each (strategy, seed, dataset) is one experiment run through the real ``SearchLoop`` with a
 ``LocalRunner`` (real training on CPU) and an embedded PostgreSQL, exactly as ``nasagent search``
-runs it. The results go into ``docs/searchers.md`` (between the ``compare_searchers [SECTION]``
+runs it. The results go into ``docs/searchers_quick.md`` (between the ``compare_searchers [SECTION]``
 markers, so hand-written conclusions around them and other sections survive a rerun) with a plot
 of best-so-far accuracy against trials (mean ± std over seeds),
-``docs/searchers_best_so_far[_SECTION].png``.
+``docs/searchers_quick_best_so_far[_SECTION].png``. This is the quick, ad-hoc comparison (any
+budget, epochs, strategies); the full comparison with committed raw data, retraining on the test
+split and paired statistics is ``bench/searchers_grid.py`` with ``docs/searchers.md``.
 
 Reported per dataset and strategy (mean ± std over seeds):
 - best validation accuracy after the budget, the mean of the top 5 trained networks, and the mean
@@ -55,9 +57,9 @@ import yaml  # noqa: E402
 from nasagent.errors import NasagentError  # noqa: E402
 from nasagent.strategies.registry import STRATEGIES  # noqa: E402
 
-DOC = ROOT / "docs" / "searchers.md"
+DOC = ROOT / "docs" / "searchers_quick.md"
 HEADER = (
-    "# Searchers side by side\n\n"
+    "# Searchers side by side: quick, ad-hoc comparisons\n\n"
     "Written by `bench/compare_searchers.py` between the markers below; the text outside them is written by hand.\n"
 )
 # What each registered searcher searches over (they do not all share one space).
@@ -310,7 +312,8 @@ def pm(values: list[float], fmt: str = "{:.4f}") -> str:
 
 
 def plot_path(section: str) -> Path:
-    return ROOT / "docs" / (f"searchers_best_so_far_{section}.png" if section else "searchers_best_so_far.png")
+    name = f"searchers_quick_best_so_far_{section}.png" if section else "searchers_quick_best_so_far.png"
+    return ROOT / "docs" / name
 
 
 def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace) -> str:
@@ -449,7 +452,7 @@ def report(results: list[dict[str, Any]], runs: list[Run], args: argparse.Namesp
 
 
 def write_doc(body: str, section: str) -> None:
-    """Replace the generated block ``section`` of docs/searchers.md, keeping everything else."""
+    """Replace the generated block ``section`` of docs/searchers_quick.md, keeping everything else."""
     text = DOC.read_text() if DOC.exists() else HEADER
     mark = f"compare_searchers {section}".strip()
     start, end = f"<!-- {mark} -->", f"<!-- /{mark} -->"

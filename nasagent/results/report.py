@@ -45,6 +45,7 @@ from nasagent.search.leaderboard import (
     LEADERBOARD_SIZE,
     STOPPED_NOTE,
     accuracy_text,
+    leaderboard_columns,
     leaderboard_markdown,
     marked,
     shows_stops,
@@ -727,16 +728,7 @@ def _leaderboard_html(report: Report) -> list[str]:
     ``stopped@t`` in a status column and its accuracy as ``(predicted)`` or ``(partial)``, with a
     note above the table: it was never trained to the end (its details: "Stopped early" below)."""
     rewarded, stops = shows_reward(report.leaderboard), shows_stops(report.leaderboard)
-    headers = [
-        "rank",
-        "accuracy",
-        *(["reward"] if rewarded else []),
-        *(["status"] if stops else []),
-        "params",
-        "MACs",
-        "latency ms",
-        "ε",
-    ]
+    headers = leaderboard_columns(report.leaderboard)
     rows = [
         [
             r["rank"],

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from nasagent.core.trial import TrialStatus
 from nasagent.search.callbacks import SearchCallback, SearchView
-from nasagent.search.leaderboard import STOPPED_NOTE, accuracy_text, shows_stops, status_text
+from nasagent.search.leaderboard import STOPPED_NOTE, accuracy_text, leaderboard_columns, shows_stops, status_text
 from nasagent.search.progress import Progress
 from nasagent.search.status import shows_reward
 from nasagent.strategies.schedule import EpsilonSchedule
@@ -100,16 +100,7 @@ def leaderboard(rows: list[dict[str, Any]], title: str) -> Table:
     stops = shows_stops(rows)
     table = Table(title=title, caption=STOPPED_NOTE if stops else None, caption_justify="left")
     rewarded = shows_reward(rows)
-    columns = [
-        "rank",
-        "accuracy",
-        *(["reward"] if rewarded else []),
-        *(["status"] if stops else []),
-        "params",
-        "MACs",
-        "latency ms",
-        "ε",
-    ]
+    columns = leaderboard_columns(rows)
     for column in [*columns, "architecture"]:
         table.add_column(column, justify="left" if column in ("status", "architecture") else "right")
     for row in rows:

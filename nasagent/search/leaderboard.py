@@ -67,6 +67,21 @@ def shows_stops(rows: list[dict[str, Any]]) -> bool:
     return any(accuracy_source(row) != "trained" for row in rows)
 
 
+def leaderboard_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a leaderboard table of ``rows`` before the architecture: a reward column only
+    when some reward differs from its accuracy, a status column only when a trial was stopped early."""
+    return [
+        "rank",
+        "accuracy",
+        *(["reward"] if shows_reward(rows) else []),
+        *(["status"] if shows_stops(rows) else []),
+        "params",
+        "MACs",
+        "latency ms",
+        "ε",
+    ]
+
+
 def status_text(row: dict[str, Any]) -> str:
     """The status column of a leaderboard: ``done``, or ``stopped@t`` for a trial stopped early after epoch t."""
     if accuracy_source(row) == "trained":
