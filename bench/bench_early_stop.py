@@ -193,12 +193,22 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def load_text(results: dict[str, dict[str, Any]]) -> str:
+    """The machine's load when the runs started: wall times depend on it, epochs trained do not."""
+    loads = [r["load"] for r in results.values() if r.get("load") is not None]
+    text = f"1-minute load average {min(loads):.1f}-{max(loads):.1f} when the runs started" if loads else ""
+    unknown = sum(r.get("load") is None for r in results.values())
+    if unknown:
+        text += ("; " if text else "") + f"load not recorded for {unknown} runs (the first ones; the machine was busy)"
+    return text + " (wall times depend on the load; epochs trained do not)"
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     """The Markdown section of ``docs/benchmarks.md``."""
     lines = [
         "## Early stopping side by side (`bench/bench_early_stop.py`)",
         "",
-        f"Machine: {machine()}, load average {args.load} when it started. The same `nasagent search` runs "
+        f"Machine: {machine()}; {load_text(results)}. The same `nasagent search` runs "
         f"(strategy `{args.strategy}`, space "
         f"`{args.space}`, {args.budget} networks, {args.epochs} epochs each with the min-steps rule, 1 worker, "
         f"CPU) with `--early-stop none`, `median` (defaults) and `predict` (`--early-stop-min-trials "
@@ -254,7 +264,6 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md")
     args = parser.parse_args()
-    args.load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "runs.jsonl"
@@ -267,6 +276,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 todo = [Run(dataset, seed, rule) for rule in rules]
                 todo = [run for run in todo if run.experiment not in results]
+                load = os.getloadavg()[0]
                 with ThreadPoolExecutor(max(1, args.parallel)) as pool:
                     futures = {run.experiment: pool.submit(run_search, run, args, db, spec, work) for run in todo}
                     walls = {key: future.result() for key, future in futures.items()}
@@ -280,6 +290,7 @@ def main() -> None:
                         results[run.experiment] = measure(run, db, walls[run.experiment], full_top)
                 with results_path.open("a") as out:
                     for run in todo:
+                        results[run.experiment]["load"] = load
                         out.write(json.dumps(results[run.experiment]) + "\n")
                 print(f"{dataset} seed {seed}: done", flush=True)
     section = report(results, args)

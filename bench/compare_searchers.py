@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from transfer_data import shape_mask  # noqa: E402
 
 from nasagent.errors import NasagentError  # noqa: E402
 from nasagent.strategies.registry import STRATEGIES  # noqa: E402
@@ -106,16 +107,7 @@ def make_shapes(path: Path, n: int = 3000, size: int = 16, seed: int = 0) -> Non
         r = rng.uniform(2.5, 5.5)
         cy, cx = rng.uniform(r, size - 1 - r, 2)
         dy, dx = yy - cy, xx - cx
-        d = np.hypot(dy, dx)
-        box = (abs(dy) <= r) & (abs(dx) <= r)
-        mask = [
-            box,
-            box & ~((abs(dy) <= r - 1.5) & (abs(dx) <= r - 1.5)),
-            d <= r,
-            (d <= r) & (d >= r - 1.5),
-            ((abs(dy) <= 0.8) & (abs(dx) <= r)) | ((abs(dx) <= 0.8) & (abs(dy) <= r)),
-            ((abs(dy - dx) <= 1.0) | (abs(dy + dx) <= 1.0)) & box,
-        ][y[i]]
+        mask = shape_mask(int(y[i]), dy, dx, r)
         x[i] = np.clip(rng.uniform(0.5, 1.0) * mask + rng.normal(0, 0.3, (size, size)), 0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, x=x, y=y)

@@ -17,6 +17,7 @@ import nasagent
 from nasagent.cli import main
 from nasagent.config import SearchConfig
 from nasagent.core.arch import Architecture
+from nasagent.core.networks import parse_network
 from nasagent.errors import ModelError
 from nasagent.persistence.artifacts import open_artifacts
 from nasagent.persistence.postgres import Store
@@ -109,6 +110,26 @@ def test_torchscript_gives_the_same_outputs(trained, digits: DataBundle, tmp_pat
     x = digits.test.x[:50]
     with torch.inference_mode():
         assert torch.allclose(scripted(x), load_model(tmp_path)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_torchscript_of_an_nsc_cell_graph_gives_the_same_outputs(
+    digits: DataBundle, tmp_path: Path, padding: str
+) -> None:
+    """A NAS-environment network (its forward walks Python layer objects TorchScript cannot
+    compile) is traced: the file gives the module's outputs at any batch size, merges included."""
+    arch = "NSC[(1,1,3,0,0), (2,2,2,1,0), (3,5,0,2,1); HEAD(10)]"
+    build = BuildOptions(nsc_padding=padding)
+    meta = model_metadata(arch, digits.input_shape, digits.mean, digits.std, 10, build, {}, experiment="unit")
+    torch.manual_seed(0)
+    state = build_model(parse_network(arch), digits.input_shape, digits.mean, digits.std, build).state_dict()
+    export_model(meta, state, tmp_path)
+    scripted = torch.jit.load(str(tmp_path / TORCHSCRIPT))
+    model = load_model(tmp_path)
+    for batch in (1, 50):
+        x = digits.test.x[:batch]
+        with torch.inference_mode():
+            assert torch.allclose(scripted(x), model(x), atol=1e-6)
 
 
 def test_onnx_export_gives_the_same_outputs(trained, digits: DataBundle, tmp_path: Path) -> None:

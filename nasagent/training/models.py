@@ -33,6 +33,7 @@ from nasagent.core.networks import parse_network
 from nasagent.errors import ModelError, NasagentError
 from nasagent.persistence.artifacts import ArtifactStore, experiment_key
 from nasagent.training.build import build_model
+from nasagent.training.nsc_build import NSCModel
 from nasagent.training.settings import BuildOptions
 from nasagent.training.sources import as_float
 
@@ -121,6 +122,19 @@ def read_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _torchscript(module: nn.Module, meta: dict[str, Any]) -> torch.jit.ScriptModule:
+    """TorchScript of ``module``: compiled from its code for a chain network; traced on an example
+    batch for an NSC cell graph, whose ``forward`` walks Python layer objects that TorchScript cannot
+    compile. The graph and the image size are fixed per model, so the trace records the whole
+    computation; only the batch size varies, and nothing in the graph depends on it."""
+    if not isinstance(module, NSCModel):
+        return torch.jit.script(module)
+    example = torch.rand(2, *meta["input_shape"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes read as Python ints: constant here
+        return torch.jit.trace(module, example)
+
+
 def export_model(
     meta: dict[str, Any], state_dict: dict[str, torch.Tensor], directory: Path, onnx: bool = False
 ) -> list[Path]:
@@ -142,8 +156,7 @@ def export_model(
     with warnings.catch_warnings():
         # torch 2.13 marks TorchScript deprecated; it is still the one format torch.jit.load reads without Python code.
         warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(module)
-        torch.jit.save(scripted, str(directory / TORCHSCRIPT), _extra_files={META: text})
+        torch.jit.save(_torchscript(module, meta), str(directory / TORCHSCRIPT), _extra_files={META: text})
     files = [directory / META, directory / WEIGHTS, directory / TORCHSCRIPT]
     if onnx:
         example = torch.rand(1, *meta["input_shape"])
