@@ -497,6 +497,9 @@ def check_stopped(store: Store, experiment: Experiment, rule: str) -> None:
     [row] = [r for r in top_trials(store, experiment.name, 20) if r["trial_id"] == trial.id]
     assert row["status"] == "stopped" and row["stopped_epoch"] == 1 and row["stop_reason"] == decision.reason
     assert row["predicted_accuracy"] == (decision.predicted if rule == "predict" else None)
+    assert row["accuracy_source"] == ("predicted" if rule == "predict" else "partial")  # top --json says so
+    others = [r for r in top_trials(store, experiment.name, 20) if r["trial_id"] != trial.id]
+    assert all(r["accuracy_source"] == "trained" for r in others)
     # The report lists it apart, and the dashboard's trial lists and trial page show where it stopped.
     report = build_report(store, experiment.name)
     [stopped] = report.to_json()["stopped"]

@@ -47,7 +47,6 @@ from nasagent.search.leaderboard import (
     accuracy_text,
     leaderboard_columns,
     leaderboard_markdown,
-    marked,
     shows_stops,
     status_text,
 )
@@ -371,7 +370,7 @@ def build_report(store: Store, experiment_name: str, leaderboard_size: int = LEA
         status=status,
         accuracy=accuracy_curve(trials, replay),
         q=q_analysis(store.load_q(experiment.id), q_init, str(status["strategy"]), len(replay)),
-        leaderboard=marked(top_trials(store, experiment_name, leaderboard_size)),
+        leaderboard=top_trials(store, experiment_name, leaderboard_size),
         failures=[
             {
                 "trial_id": t.id,

@@ -31,7 +31,7 @@ from nasagent.persistence.artifacts import ENV_URL, ArtifactStore, experiment_ke
 from nasagent.persistence.postgres import Store
 from nasagent.search.callbacks import SearchCallback, SearchView
 from nasagent.search.progress import Progress
-from nasagent.search.status import experiment_status, objective_line, shows_reward, top_trials
+from nasagent.search.status import accuracy_source, experiment_status, objective_line, shows_reward, top_trials
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,6 @@ STOPPED_NOTE = (
     "(partial), and it is ranked by that reward."
 )
 """What every leaderboard with a stopped trial says under (or over) its table."""
-
-
-def accuracy_source(row: dict[str, Any]) -> str:
-    """Where the accuracy of a ``top_trials`` row comes from: ``trained`` (the network trained to the
-    end), or for a trial stopped early (``--early-stop``) ``predicted`` (predict: Baker et al.'s
-    predicted final accuracy, its reward) or ``partial`` (median: the best it reached before it stopped)."""
-    if row.get("status") != TrialStatus.STOPPED:
-        return "trained"
-    return "predicted" if row.get("predicted_accuracy") is not None else "partial"
 
 
 def shows_stops(rows: list[dict[str, Any]]) -> bool:
@@ -96,12 +87,6 @@ def accuracy_text(row: dict[str, Any]) -> str:
     source = accuracy_source(row)
     value = "-" if row.get("accuracy") is None else f"{row['accuracy']:.4f}"
     return value if source == "trained" else f"{value} ({source})"
-
-
-def marked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``top_trials`` rows with their ``accuracy_source`` (``trained``, ``predicted``, ``partial``):
-    what the JSON leaderboards add for the programs that read them."""
-    return [{**row, "accuracy_source": accuracy_source(row)} for row in rows]
 
 
 def leaderboard_markdown(experiment: str, status: dict[str, Any], top: list[dict[str, Any]]) -> str:
@@ -165,7 +150,7 @@ class LeaderboardPublisher(SearchCallback):
         top = top_trials(self.db, self.experiment, self.k)
         document = {
             "status": status,
-            "top": marked(top),
+            "top": top,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         json_key, md_key = leaderboard_keys(self.experiment)

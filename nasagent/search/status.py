@@ -89,11 +89,21 @@ def objective_line(status: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def accuracy_source(row: dict[str, Any]) -> str:
+    """Where the accuracy of a ``top_trials`` row comes from: ``trained`` (the network trained to the
+    end), or for a trial stopped early (``--early-stop``) ``predicted`` (predict: Baker et al.'s
+    predicted final accuracy, its reward) or ``partial`` (median: the best it reached before it stopped)."""
+    if row.get("status") != TrialStatus.STOPPED:
+        return "trained"
+    return "predicted" if row.get("predicted_accuracy") is not None else "partial"
+
+
 def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:
     """The ``k`` best trained architectures of an experiment by reward (its objective), best first, each
     with its accuracy, reward, parameters, MACs, latency (ms, batch 1, its trial's device; None if not
-    measured) and learning curve (``curve``: the epochs of its latest run, as recorded while it trained;
-    empty if none were)."""
+    measured), where its accuracy comes from (``accuracy_source``: ``trained``, or ``predicted`` /
+    ``partial`` for a trial stopped early) and learning curve (``curve``: the epochs of its latest
+    run, as recorded while it trained; empty if none were)."""
     experiment = store.get_experiment(name)
     best = store.top(experiment.id, k, stopped=True)  # early-stopped trials rank by their reward too
     curves = store.experiment_curves(experiment.id, [trial.id for trial in best])
@@ -104,6 +114,7 @@ def top_trials(store: Store, name: str, k: int) -> list[dict[str, Any]]:
             "status": str(trial.status),
             **stop_details(trial),
             "accuracy": trial.accuracy,
+            "accuracy_source": accuracy_source({"status": trial.status, **stop_details(trial)}),
             "reward": trial.score,  # the objective's value (the accuracy unless --objective mnas/--max-latency-ms)
             "params": trial.params,
             "macs": trial.macs,
