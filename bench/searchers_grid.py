@@ -222,7 +222,7 @@ def retrain_child(job: Job, work: Path, db: str) -> None:
     from nasagent.config import SearchConfig
     from nasagent.core.networks import parse_network
     from nasagent.persistence.postgres import Store
-    from nasagent.training.models import accuracy, model_metadata, predict_proba, restore_module
+    from nasagent.training.models import held_out_accuracy
     from nasagent.training.trainer import train_architecture
 
     torch.set_num_threads(1)
@@ -247,11 +247,7 @@ def retrain_child(job: Job, work: Path, db: str) -> None:
         result = train_architecture(parse_network(trial.arch), data, train, settings.build, keep_weights=True)
         test_accuracy = None
         if result.status == "done" and result.state_dict is not None:
-            meta = model_metadata(
-                trial.arch, data.input_shape, data.mean, data.std, data.num_classes, settings.build, {}
-            )
-            module = restore_module(meta, result.state_dict)
-            test_accuracy = accuracy(predict_proba(module, data.test.x), data.test.y)
+            test_accuracy = held_out_accuracy(trial.arch, result.state_dict, data, settings.build)
         append_jsonl(
             path,
             {

@@ -332,7 +332,7 @@ def run_finetune(run: EvalRun, top: int, schedule: str, db: str, results: Path) 
     from nasagent.core.trial import trial_seed
     from nasagent.persistence.postgres import Store
     from nasagent.results.finetune import resolve_schedule
-    from nasagent.training.models import accuracy, model_metadata, predict_proba, restore_module
+    from nasagent.training.models import held_out_accuracy
     from nasagent.training.trainer import train_architecture
 
     name = experiment_name(run.key)
@@ -358,11 +358,7 @@ def run_finetune(run: EvalRun, top: int, schedule: str, db: str, results: Path) 
         result = train_architecture(parse_network(trial.arch), data, train, settings.build, keep_weights=True)
         test = None
         if result.status == "done" and result.state_dict is not None:
-            meta = model_metadata(
-                trial.arch, data.input_shape, data.mean, data.std, data.num_classes, settings.build, {}
-            )
-            module = restore_module(meta, result.state_dict)
-            test = accuracy(predict_proba(module, data.test.x), data.test.y)
+            test = held_out_accuracy(trial.arch, result.state_dict, data, settings.build)
         rows.append(
             {
                 "rank": rank,

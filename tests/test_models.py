@@ -31,6 +31,7 @@ from nasagent.training.models import (
     WEIGHTS,
     accuracy,
     export_model,
+    held_out_accuracy,
     list_models,
     load_model,
     load_stored_model,
@@ -99,6 +100,13 @@ def test_load_model_matches_the_trained_model(trained, digits: DataBundle, tmp_p
     assert model[0].std.flatten().tolist() == pytest.approx(digits.std)
     # Raw [0, 1] images in, a useful classifier out: it learned digits in three epochs.
     assert accuracy(predict_proba(model, digits.test.x), digits.test.y) > 0.7
+
+
+def test_held_out_accuracy_is_the_exported_models_test_accuracy(trained, digits: DataBundle, tmp_path: Path) -> None:
+    meta, state = trained
+    export_model(meta, state, tmp_path)
+    expected = accuracy(predict_proba(load_model(tmp_path), digits.test.x), digits.test.y)
+    assert held_out_accuracy(ARCH, state, digits, BuildOptions()) == expected > 0.7
 
 
 def test_torchscript_gives_the_same_outputs(trained, digits: DataBundle, tmp_path: Path) -> None:

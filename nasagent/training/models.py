@@ -33,6 +33,7 @@ from nasagent.core.networks import parse_network
 from nasagent.errors import ModelError, NasagentError
 from nasagent.persistence.artifacts import ArtifactStore, experiment_key
 from nasagent.training.build import build_model
+from nasagent.training.data import DataBundle
 from nasagent.training.nsc_build import NSCModel
 from nasagent.training.settings import BuildOptions
 from nasagent.training.sources import as_float
@@ -215,6 +216,13 @@ def predict_proba(module: nn.Module, x: torch.Tensor, device: torch.device | str
 def accuracy(probabilities: torch.Tensor, y: torch.Tensor) -> float:
     """Share of rows whose most probable class is the label."""
     return float((probabilities.argmax(dim=1) == y).float().mean()) if len(y) else 0.0
+
+
+def held_out_accuracy(arch: str, state_dict: dict[str, torch.Tensor], data: DataBundle, build: BuildOptions) -> float:
+    """Accuracy on ``data``'s held-out test split of network ``arch`` with the weights ``state_dict``
+    trained on ``data`` (what the benchmarks report for a retrained network)."""
+    meta = model_metadata(arch, data.input_shape, data.mean, data.std, data.num_classes, build, {})
+    return accuracy(predict_proba(restore_module(meta, state_dict), data.test.x), data.test.y)
 
 
 # ---------------------------------------------------------------------------------------------
