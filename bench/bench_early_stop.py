@@ -65,7 +65,9 @@ class Run:
 def search_command(run: Run, args: argparse.Namespace, db: str, spec: str) -> list[str]:
     """The ``nasagent search`` command line of ``run``: the same for every rule but the rule."""
     command = [
-        str(ROOT / ".venv" / "bin" / "nasagent"),
+        sys.executable,
+        "-m",
+        "nasagent.cli",
         "search",
         "--experiment",
         run.experiment,
@@ -84,7 +86,7 @@ def search_command(run: Run, args: argparse.Namespace, db: str, spec: str) -> li
         "--workers",
         "1",
         "--device",
-        "cpu",
+        args.device,
         "--seed",
         str(run.seed),
         "--early-stop",
@@ -98,7 +100,8 @@ def search_command(run: Run, args: argparse.Namespace, db: str, spec: str) -> li
 def run_search(run: Run, args: argparse.Namespace, db: str, spec: str, work: Path) -> tuple[float, bool]:
     """Run (or resume) one search: (its wall time in seconds, whether an earlier attempt had started
     it, i.e. it was resumed). RuntimeError if it fails."""
-    env = dict(os.environ, NASAGENT_HOME=str(work / "home"), OMP_NUM_THREADS="1")
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, NASAGENT_HOME=str(work / "home"), OMP_NUM_THREADS="1", PYTHONPATH=path)
     log = work / "logs" / f"{run.experiment}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     resumed = log.exists()
@@ -129,15 +132,16 @@ def trials_of(db: str, experiment: str) -> tuple[dict[str, Any], list[dict[str, 
     return config, trials, epochs
 
 
-def retrain_to_the_end(config: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, float]:
+def retrain_to_the_end(config: dict[str, Any], trials: list[dict[str, Any]], device: str) -> dict[str, float]:
     """Full-schedule validation accuracy of each stopped trial in ``trials``, by digest: trained by
-    the trial worker's own code with the trial's own seed, as the full search trains it."""
+    the trial worker's own code with the trial's own seed, as the full search trains it (on a CPU
+    exactly; a GPU's bf16 kernels may differ in the last bits)."""
     from nasagent.config import SearchConfig
     from nasagent.core.trial import TrialSpec, trial_seed
     from nasagent.execution.worker import run_trial
 
     search = SearchConfig.from_dict(config)
-    settings = search.trial_settings("cpu")
+    settings = search.trial_settings(device)
     data = settings.load_data()
     full: dict[str, float] = {}
     for trial in trials:
@@ -146,14 +150,14 @@ def retrain_to_the_end(config: dict[str, Any], trials: list[dict[str, Any]]) -> 
     return full
 
 
-def measure(run: Run, db: str, wall: tuple[float, bool], full_top: list[str] | None) -> dict[str, Any]:
+def measure(run: Run, db: str, wall: tuple[float, bool], full_top: list[str] | None, device: str) -> dict[str, Any]:
     """One run's numbers (see the module docstring); ``full_top``: the ``none`` run's top-5 digests."""
     config, trials, epochs = trials_of(db, run.experiment)
     seconds, resumed = wall
     ranked = sorted(trials, key=lambda t: -(t["accuracy"] or 0.0))
     top = ranked[:TOP]
     stopped_top = [t for t in top if t["status"] == "stopped"]
-    full = retrain_to_the_end(config, stopped_top)
+    full = retrain_to_the_end(config, stopped_top, device)
     top_accuracies = sorted(
         (full.get(t["digest"], float(t["accuracy"] or 0.0)) for t in top),
         reverse=True,
@@ -193,6 +197,11 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def machines(results: dict[str, dict[str, Any]]) -> str:
+    """The machine(s) the runs were measured on (recorded with each run; older runs: this one)."""
+    return "; ".join(sorted({r.get("machine") or machine() for r in results.values()}))
+
+
 def load_text(results: dict[str, dict[str, Any]]) -> str:
     """The machine's load when the runs started: wall times depend on it, epochs trained do not."""
     loads = [r["load"] for r in results.values() if r.get("load") is not None]
@@ -208,10 +217,10 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "## Early stopping side by side (`bench/bench_early_stop.py`)",
         "",
-        f"Machine: {machine()}; {load_text(results)}. The same `nasagent search` runs "
+        f"Machine: {machines(results)}; {load_text(results)}. The same `nasagent search` runs "
         f"(strategy `{args.strategy}`, space "
         f"`{args.space}`, {args.budget} networks, {args.epochs} epochs each with the min-steps rule, 1 worker, "
-        f"CPU) with `--early-stop none`, `median` (defaults) and `predict` (`--early-stop-min-trials "
+        f"device {args.device}) with `--early-stop none`, `median` (defaults) and `predict` (`--early-stop-min-trials "
         f"{args.predict_min_trials}`: the paper waits for 100 finished networks, a budget of {args.budget} "
         "cannot), seeds "
         + ", ".join(str(s) for s in range(args.seeds))
@@ -248,6 +257,47 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_dataset(
+    dataset: str,
+    seeds: range,
+    rules: list[str],
+    args: argparse.Namespace,
+    db: str,
+    work: Path,
+    results: dict[str, dict[str, Any]],
+    results_path: Path,
+) -> None:
+    """Run the dataset's searches not done yet, ``args.parallel`` at a time in seed order, and record
+    each seed's runs as soon as all its rules are done (the other rules are measured against the
+    top 5 of ``none``, the full search)."""
+    spec = dataset_spec(dataset, work)
+    todo = {
+        seed: [r for r in (Run(dataset, seed, rule) for rule in rules) if r.experiment not in results] for seed in seeds
+    }
+    load = os.getloadavg()[0]
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        futures = {
+            run.experiment: pool.submit(run_search, run, args, db, spec, work) for runs in todo.values() for run in runs
+        }
+        for seed, runs in todo.items():
+            if not runs:
+                continue
+            walls = {run.experiment: futures[run.experiment].result() for run in runs}
+            none = Run(dataset, seed, "none")
+            if none.experiment in walls:
+                results[none.experiment] = measure(none, db, walls[none.experiment], None, args.device)
+            full_top = results.get(none.experiment, {}).get("full_top5")
+            for run in runs:
+                if run.rule != "none":
+                    results[run.experiment] = measure(run, db, walls[run.experiment], full_top, args.device)
+            with results_path.open("a") as out:
+                for run in runs:
+                    results[run.experiment]["load"] = load
+                    results[run.experiment]["machine"] = machine()
+                    out.write(json.dumps(results[run.experiment]) + "\n")
+            print(f"{dataset} seed {seed}: done", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,shapes")
@@ -259,6 +309,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--predict-min-trials", type=int, default=12)
     parser.add_argument("--parallel", type=int, default=2, help="searches at a time (each one worker)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where every network trains")
     parser.add_argument("--work", default=str(ROOT / ".bench-work" / "early-stop"))
     parser.add_argument("--db", help="postgresql:// URL instead of the embedded server under WORK")
     parser.add_argument("--report-only", action="store_true")
@@ -272,31 +323,11 @@ def main() -> None:
     rules = args.rules.split(",")
     if not args.report_only:
         for dataset in args.datasets.split(","):
-            spec = dataset_spec(dataset, work)
-            for seed in range(args.seeds):
-                todo = [Run(dataset, seed, rule) for rule in rules]
-                todo = [run for run in todo if run.experiment not in results]
-                load = os.getloadavg()[0]
-                with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-                    futures = {run.experiment: pool.submit(run_search, run, args, db, spec, work) for run in todo}
-                    walls = {key: future.result() for key, future in futures.items()}
-                # The other rules are compared with the top 5 of `none` (the full search).
-                none = Run(dataset, seed, "none")
-                if none.experiment in walls:
-                    results[none.experiment] = measure(none, db, walls[none.experiment], None)
-                full_top = results.get(none.experiment, {}).get("full_top5")
-                for run in todo:
-                    if run.rule != "none":
-                        results[run.experiment] = measure(run, db, walls[run.experiment], full_top)
-                with results_path.open("a") as out:
-                    for run in todo:
-                        results[run.experiment]["load"] = load
-                        out.write(json.dumps(results[run.experiment]) + "\n")
-                print(f"{dataset} seed {seed}: done", flush=True)
+            run_dataset(dataset, range(args.seeds), rules, args, db, work, results, results_path)
     section = report(results, args)
     print(section)
     if not args.no_write:
-        write_section("early-stop", section)
+        write_section("early-stop" if args.device == "cpu" else f"early-stop-{args.device}", section)
 
 
 if __name__ == "__main__":

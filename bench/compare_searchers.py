@@ -124,8 +124,10 @@ def dataset_spec(name: str, work: Path) -> str:
 
 
 # -- one experiment (run in a child process) -----------------------------------------------------
-def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int, space: str) -> dict[str, Any]:
-    """Run (or resume) one experiment through the real agent and measure it."""
+def run_one(
+    run: Run, spec: str, db: str, budget: int, epochs: int, workers: int, space: str, device: str = "cpu"
+) -> dict[str, Any]:
+    """Run (or resume) one experiment through the real agent on ``device`` and measure it."""
     from nasagent.execution.local import LocalRunner
     from nasagent.persistence.postgres import Store
     from nasagent.search.loop import SearchLoop
@@ -145,7 +147,7 @@ def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int
     with Store.connect(db) as store:
         experiment, config = open_experiment(store, name, given)
         resumed = bool(store.trials(experiment.id))
-        settings = config.trial_settings(device="cpu")
+        settings = config.trial_settings(device=device)
         data = settings.load_data()
         strategy = config.make_strategy(data.input_shape, data.num_classes)
         with LocalRunner(settings, workers, data.num_classes) as runner:
@@ -177,6 +179,7 @@ def run_one(run: Run, spec: str, db: str, budget: int, epochs: int, workers: int
         "epochs": epochs,
         "workers": workers,
         "space": space,
+        "device": device,
         "resumed": resumed,
         "accuracies": [float(t.accuracy) for t in trials],
         "archs": [t.arch for t in trials],

@@ -209,12 +209,24 @@ def _retrain_gave_up(job: Job, work: Path) -> bool:
 
 
 # -- the children ------------------------------------------------------------------------------------
-def search_child(run: Run, work: Path, db: str) -> dict[str, Any]:
+def search_child(run: Run, work: Path, db: str, device: str) -> dict[str, Any]:
     spec = dataset_spec(run.dataset, work)
-    return run_one(run, spec, db, BUDGET, epochs_of(run.strategy), 1, SPACE)
+    return run_one(run, spec, db, BUDGET, epochs_of(run.strategy), 1, SPACE, device)
 
 
-def retrain_child(job: Job, work: Path, db: str) -> None:
+def claim_device(work: Path, device: str) -> None:
+    """Record the device a grid's work directory trains on; refuse another one. A CPU trains in fp32
+    and a GPU in bf16, so runs of one comparison trained on both would not be alike."""
+    path = work / "device"
+    if path.exists() and path.read_text().strip() != device:
+        raise SystemExit(
+            f"searchers_grid: {work} holds runs trained on {path.read_text().strip()}; "
+            f"use another --work for --device {device}"
+        )
+    path.write_text(device + "\n")
+
+
+def retrain_child(job: Job, work: Path, db: str, device: str) -> None:
     """Retrain the run's top networks (``retrain``: top 5 × 3 seeds; ``noise``: the best × 10 seeds)
     with the search's own trainer settings, from scratch, and score each on validation and test."""
     import torch
@@ -234,7 +246,7 @@ def retrain_child(job: Job, work: Path, db: str) -> None:
     wanted = retrain_targets(job.kind)
     if len(top) < max(rank for rank, _ in wanted):
         append_jsonl(work / "short.jsonl", {"job": job.key, "finished": len(top)})
-    settings = config.trial_settings(device="cpu")
+    settings = config.trial_settings(device=device)
     data = settings.load_data()
     assert data.test is not None  # digits and npz: always hold a test split out
     done = {(r["rank"], r["train_seed"]) for r in retrain_records(work, job.kind) if r["run"] == job.run.key}
@@ -269,6 +281,7 @@ def retrain_child(job: Job, work: Path, db: str) -> None:
                 "params": result.params,
                 "seconds": round(time.perf_counter() - started, 3),
                 "test_size": len(data.test),
+                "device": device,
             },
         )
 
@@ -445,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-every", type=float, default=300.0, help="seconds between exports of partial runs")
     parser.add_argument("--export-only", action="store_true", help="export the raw records and exit")
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end check of the harness (see code)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every network trains")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
@@ -455,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         job_data = json.loads(args.job)
         job = Job(job_data["kind"], Run(**job_data["run"]))
         if job.kind == "search":
-            print(json.dumps(search_child(job.run, work, job_data["db"])), flush=True)
+            print(json.dumps(search_child(job.run, work, job_data["db"], job_data["device"])), flush=True)
         else:
-            retrain_child(job, work, job_data["db"])
+            retrain_child(job, work, job_data["db"], job_data["device"])
         return 0
     lock = (work / "grid.lock").open("w")
     try:
@@ -471,11 +485,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not grid_running:
         clear_stale_pid(work)
+    if not args.export_only:
+        claim_device(work, args.device)
     db = embedded_url(work / "pg")
     jobs = plan()
     try:
         if not args.export_only:
-            execute(jobs, work, db, args.parallel, args.export_every)
+            execute(jobs, work, db, args.parallel, args.export_every, args.device)
         print(f"exported: {export(jobs, work, db)} file(s) changed", flush=True)
     finally:
         if not grid_running:
@@ -487,7 +503,7 @@ def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
-def execute(jobs: list[Job], work: Path, db: str, parallel: int, export_every: float) -> None:
+def execute(jobs: list[Job], work: Path, db: str, parallel: int, export_every: float, device: str) -> None:
     """Run the jobs not done yet, ``parallel`` at a time, first ready first; export as they finish."""
     todo = [j for j in jobs if not job_done(j, work)]
     log(f"{len(jobs) - len(todo)} of {len(jobs)} jobs done; {len(todo)} to go")
@@ -508,7 +524,7 @@ def execute(jobs: list[Job], work: Path, db: str, parallel: int, export_every: f
                 continue
             todo.remove(job)
             logfile = (work / "logs" / f"{job.kind}-{job.run.slug}.log").open("a")
-            payload = json.dumps({"kind": job.kind, "run": job.run.__dict__, "db": db})
+            payload = json.dumps({"kind": job.kind, "run": job.run.__dict__, "db": db, "device": device})
             command = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--job", payload]
             command += ["--smoke"] if SMOKE_EPOCHS is not None else []
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=logfile, text=True, cwd=ROOT)

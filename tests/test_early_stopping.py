@@ -32,7 +32,7 @@ from nasagent.execution.epochs import SHORT_WAIT, EpochRecorder
 from nasagent.persistence.postgres import DecisionRow, EpochRow, Experiment, Store
 from nasagent.results.report import build_report, render_html
 from nasagent.search.judge import StopJudge
-from nasagent.search.run import open_experiment, run_search
+from nasagent.search.run import open_experiment, poll_seconds, run_search
 from nasagent.search.status import experiment_status, top_trials
 from nasagent.stopping.features import architecture_features, surviving_curve
 from nasagent.stopping.median import MedianRule
@@ -657,3 +657,11 @@ def test_the_cli_parses_every_early_stop_flag() -> None:
         "rule": "predict", "min_trials": 50, "start_epoch": 2, "retrain_every": 5, "delta": 0.95, "wait_seconds": 3.0,
     }  # fmt: skip
     assert _early_stop_given(build_parser().parse_args(["search", "--experiment", "x"])) is None
+
+
+def test_the_loop_passes_more_often_while_it_judges_local_trials() -> None:
+    # A judged epoch waits for the judge's next pass: local workers get one every 0.2 s; cluster
+    # runners, whose every pass also asks an API server, and searches without a judge keep 1 s.
+    assert poll_seconds("local", judging=True) == 0.2
+    assert poll_seconds("local", judging=False) == 1.0
+    assert poll_seconds("kubernetes", judging=True) == poll_seconds("kfp", judging=True) == 1.0

@@ -200,3 +200,14 @@ def test_a_stale_postmaster_pid_is_removed_before_the_server_starts(tmp_path: Pa
     clear_stale_pid(tmp_path)
     assert not pid_file.exists()
     clear_stale_pid(tmp_path)  # nothing to remove: no error
+
+
+def test_a_grid_trains_on_one_kind_of_device(tmp_path: Path) -> None:
+    # fp32 on a CPU and bf16 on a GPU are not alike: a work directory keeps the device it started with.
+    from searchers_grid import claim_device
+
+    claim_device(tmp_path, "cpu")
+    claim_device(tmp_path, "cpu")  # resuming on the same device is fine
+    with pytest.raises(SystemExit, match="trained on cpu; use another --work for --device cuda"):
+        claim_device(tmp_path, "cuda")
+    assert (tmp_path / "device").read_text() == "cpu\n"

@@ -109,6 +109,7 @@ def run_search(
                     config.budget,
                     config.seed,
                     callbacks,
+                    poll_seconds=poll_seconds(launcher, judging=judge is not None),
                     space_size=space_size,
                     faults=faults,
                     objective=config.objective_rule(),
@@ -118,6 +119,19 @@ def run_search(
             if existing is None:
                 _forget_unstarted(store, experiment)
             raise
+
+
+LOCAL_JUDGE_POLL_SECONDS = 0.2
+"""How often the loop passes (and the judge decides) while local workers train with early stopping."""
+
+
+def poll_seconds(launcher: str, judging: bool) -> float:
+    """Seconds between two passes of the search loop. Each judged epoch waits for the judge's next
+    pass, so with early stopping on local workers (a GPU trains a small network's epoch in well
+    under a second) the loop passes every 0.2 s rather than every second; a pass then costs only
+    a few small queries. Cluster runners keep 1 s: each of their passes also asks the Kubernetes
+    or KFP API server, which must not be polled five times a second per search."""
+    return LOCAL_JUDGE_POLL_SECONDS if judging and launcher == "local" else 1.0
 
 
 def _forget_unstarted(store: Store, experiment: Experiment) -> None:
