@@ -665,3 +665,28 @@ def test_the_loop_passes_more_often_while_it_judges_local_trials() -> None:
     assert poll_seconds("local", judging=True) == 0.2
     assert poll_seconds("local", judging=False) == 1.0
     assert poll_seconds("kubernetes", judging=True) == poll_seconds("kfp", judging=True) == 1.0
+
+
+def test_the_replay_benchmark_stops_what_the_rule_stops_and_counts_the_epochs(store: Store, tmp_path: Path) -> None:
+    # bench/replay_early_stop.py replays recorded curves through the real judge: six networks that
+    # learn, then two that never do. The median rule (warm-up 3, from epoch 4) stops each bad one
+    # after its 4th epoch: 6 x 6 + 2 x 4 = 44 of 48 epochs, and none of the five best is stopped.
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from replay_early_stop import replay
+
+    good = [[0.5 + 0.05 * e + 0.01 * i for e in range(6)] for i in range(6)]
+    curves = good + [[0.1] * 6, [0.11] * 6]
+    records = [
+        {"arch": f"[FC({8 * (i + 1)}), SM(10)]", "history": c, "restarts": 0, "status": "done", "accuracy": max(c)}
+        | {"dataset": "digits", "trial_id": i, "params": None, "epsilon": 1.0}
+        for i, c in enumerate(curves)
+    ]
+    args = argparse.Namespace(work=tmp_path, min_trials=6, retrain_every=5)
+    result = replay(store, "digits|test|0", records, "median", args)
+    assert (result.networks, result.epochs, result.full_epochs, result.stopped) == (8, 44, 48, 2)
+    assert (result.late_epochs, result.late_full) == (8, 12)
+    assert result.top_stopped == 0 and result.best_kept == pytest.approx(max(good[-1]))
+    assert result.run == "digits, test, 0"
