@@ -322,9 +322,9 @@ def finetune_done(records: transfer_records.Records, run: EvalRun, top: int, sch
 def run_finetune(run: EvalRun, top: int, schedule: str, db: str, results: Path) -> None:
     """Retrain a finished run's best ``top`` networks (by their search reward) from scratch with
     ``schedule`` and a seed other than the search's, pick the best validation epoch, and test that
-    model once on the held-out test split: the analogue of the paper's Table 6, and of
-    ``nasagent finetune``'s first phase (which cannot be called here: it fails to export NSC networks
-    as TorchScript)."""
+    model once on the held-out test split: the analogue of the paper's Table 6 and of ``nasagent
+    finetune``'s first phase, scored by the same model code (``held_out_accuracy``); here the records
+    go to the experiment's JSON lines rather than to an artifact store."""
     import dataclasses
 
     from nasagent.config import SearchConfig

@@ -64,3 +64,15 @@ def store(db_url: str) -> Iterator[Store]:
         yield connected
     finally:
         connected.close()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test, restored after: training in-process as a worker does (two
+    threads on a busy 2-core machine are many times slower), tiny policies without contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,7 @@ SPACE = NSCSpace((1, 8, 8), 10, depth=6, tau=6, padding="same")
 SMALL = NSCSpace((1, 8, 8), 10, depth=4, tau=6, multi_branch=True, padding="same")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The policies are tiny: one thread avoids contention on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy(net: NSCNetwork) -> float:

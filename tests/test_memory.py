@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD_LIMIT = 6 * GIB
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Train in-process on one thread, as a worker does (two threads on a busy 2-core machine are 20× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_capped(code: str, limit: int = CHILD_LIMIT, timeout: float = 300) -> subprocess.CompletedProcess:
