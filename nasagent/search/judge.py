@@ -212,20 +212,3 @@ class StopJudge(SearchCallback):
 
     def _features_of(self, arch: str) -> tuple[float, ...]:
         return architecture_features(arch, self.input_shape, self.pooling, self.padding)
-
-
-def stop_judge(
-    store: Store,
-    experiment: Experiment,
-    config: EarlyStopConfig,
-    epochs: int,
-    input_shape: tuple[int, int, int],
-    pooling: str = "floor",
-    padding: str = "same",
-    seed: int = 0,
-) -> StopJudge | None:
-    """The judge of an experiment with ``--early-stop median|predict``; None with ``none``. Called
-    by ``run_search`` once the experiment exists."""
-    if not config.enabled:
-        return None
-    return StopJudge(store, experiment, config, epochs, input_shape, pooling, padding, seed)

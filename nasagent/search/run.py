@@ -70,7 +70,7 @@ def run_search(
     search holds the experiment. ``faults``: when infrastructure failures stop the search
     (``--max-requeues``, ``--max-infra-failures``)."""
     from nasagent.search.display import SearchDisplay
-    from nasagent.search.judge import stop_judge
+    from nasagent.search.judge import StopJudge
     from nasagent.search.keeper import search_keeper
     from nasagent.search.leaderboard import search_leaderboard
 
@@ -95,11 +95,13 @@ def run_search(
                 SearchDisplay(schedule) as display,
             ):
                 # --early-stop: the judge decides each epoch of the running trials (nasagent.search.judge).
-                build = settings.build
-                judge = stop_judge(
-                    store, experiment, config.early_stop, int(config.epochs or 1), shape, build.pooling,
-                    build.conv_padding, config.seed,
-                )  # fmt: skip
+                judge = None
+                if config.early_stop.enabled:
+                    build = settings.build
+                    epochs, padding = int(config.epochs or 1), build.conv_padding
+                    judge = StopJudge(
+                        store, experiment, config.early_stop, epochs, shape, build.pooling, padding, config.seed
+                    )
                 callbacks = [c for c in (judge, display, keeper, leaderboard) if c is not None]
                 loop = SearchLoop(
                     store,
