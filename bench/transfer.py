@@ -53,6 +53,9 @@ NASAGENT = str(Path(sys.executable).with_name("nasagent"))
 WORK = ROOT / ".bench-work" / "transfer"
 RESULTS = ROOT / "bench" / "results" / "transfer"
 FIXED = "meta-a2c-fixed"
+DQN_GAMMA_0_9 = {"b20-e3-n1500"}
+"""Settings whose first runs were recorded when DQN's default γ was 0.9 (now the authors' 1.0): their
+later runs keep 0.9, so that every seed of a setting runs the same DQN."""
 LABELS = {FIXED: "meta-a2c", "dqn": "dqn", "random-nsc": "random-nsc", "meta-a2c-scratch": "meta-a2c"}
 """Searchers of the evaluation phase: label -> registered strategy (meta-a2c-scratch: learning from scratch)."""
 FINETUNE_SCHEDULE = "0.001:5,0.0002:5,0.00004:2"
@@ -290,6 +293,8 @@ def run_eval(run: EvalRun, policy: Path | None, db: str, work: Path, results: Pa
     if run.label == FIXED:
         assert policy is not None
         command += ["--policy", str(policy)]  # a given policy is fixed: meta-a2c's learn defaults to false
+    if run.label == "dqn" and run.settings.tag in DQN_GAMMA_0_9:
+        command += ["--option", "gamma=0.9"]
     wall = run_cli(command, work, work / "logs" / f"{name}.log")
     with Store.connect(db) as store:
         summary, rows = export(store, name, run.dataset)

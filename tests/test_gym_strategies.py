@@ -205,6 +205,15 @@ def test_dqn_epsilon_falls_linearly_to_its_floor() -> None:
 # -- meta-A2C's policy file --------------------------------------------------------------------------
 
 
+def test_dqn_defaults_are_the_authors_run_script() -> None:
+    # scripts/experiments-benchmarks/run_nas_dqn.sh of the authors' nas-dmrl: --gamma=1.0,
+    # --exploration_fraction=1.0, --exploration_final_eps=0.1 (QEpsilon), --batch_size=20,
+    # --train_freq=1, --target_network_update_freq=100; baselines' deepq learning rate 5e-4 (§6.1).
+    o = DQNOptions()
+    assert (o.gamma, o.exploration_fraction, o.eps_final, o.batch_size) == (1.0, 1.0, 0.1, 20)
+    assert (o.train_freq, o.target_update, o.lr) == (1, 100, 5e-4)
+
+
 def test_a_trained_policy_runs_fixed_on_a_new_problem(tmp_path: Path) -> None:
     trained = MetaA2CStrategy(SPACE, 0)
     drive(trained, 600)

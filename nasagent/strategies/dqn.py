@@ -17,7 +17,9 @@ PostgreSQL transaction. Its replay sampling and ε-greedy draws also use NumPy's
 resumed run would not continue exactly. The algorithm is small, so it is written here with every
 piece of state (weights, target, optimiser, buffer, RNG, counters) in ``state_dict``.
 
-Where the paper is silent: γ = 0.9 (as for meta-A2C, so the two learners discount alike).
+Where the paper is silent: γ = 1.0, undiscounted, as the authors' ``run_nas_dqn.sh`` passes
+(``--gamma=1.0``; an episode is at most τ = 10 steps, so the return stays bounded); 0.9, meta-A2C's
+§6.1 value, with ``--option gamma=0.9``.
 t_max counts environment steps, which run several times the agent's budget of unique networks
 (cache hits, terminals, shifts); it defaults to 10 x the budget, and ε reaches 0.1 at the end of
 those t_max steps (``--option t_max=`` overrides).
@@ -65,8 +67,8 @@ class DQNOptions(EnvOptions):
     """Transitions per gradient step (§6.1)."""
     lr: float = 5e-4
     """Adam learning rate (§6.1)."""
-    gamma: float = 0.9
-    """Discount factor γ (the paper is silent: meta-A2C's value, so the two learners discount alike)."""
+    gamma: float = 1.0
+    """Discount factor γ (the paper is silent: the authors' run script's 1.0; meta-A2C discounts with 0.9)."""
     learning_starts: int = 20
     """Stored transitions before the first gradient step (one minibatch)."""
     target_update: int = 100
