@@ -1,4 +1,6 @@
-"""Runs every benchmark in turn (``make bench``): CLI latency, trainer, agent, workers, dashboard, local pipeline.
+"""Runs every benchmark in turn (``make bench``): CLI latency, trainer, agent, workers, dashboard, local
+pipeline, early stopping replayed over recorded curves. The long ones (``bench_early_stop.py``,
+``bench_trial_cost.py``, the searchers' grid, the transfer experiment: hours on a CPU) run alone.
 
 Each runs as a subprocess of the same interpreter from the repository root and writes its own
 section of docs/benchmarks.md. They run one after another, never at once, because they time the
@@ -21,6 +23,7 @@ BENCHMARKS = (
     "bench_workers.py",
     "bench_dashboard.py",
     "bench_pipeline_local.py",
+    "replay_early_stop.py",
 )
 
 
