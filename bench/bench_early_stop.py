@@ -1,11 +1,12 @@
 """Early stopping side by side: the same searches with ``--early-stop none``, ``median`` and ``predict``.
 
 Each (dataset, seed, rule) is one real ``nasagent search`` (a subprocess: local worker process,
-real training on CPU, the embedded PostgreSQL under WORK), with the same strategy, space, budget,
-epochs and seed; only the rule differs. The default strategy is ``random``: its proposals do not
-depend on rewards, so with one seed every rule trains the *same* networks in the same order and the
-difference between runs is the rule alone (with ``qlearning`` the rewards of stopped networks steer
-the search elsewhere, and "was the full search's best stopped?" has no answer).
+real training on ``--device``, CPU by default, the embedded PostgreSQL under WORK), with the same
+strategy, space, budget, epochs and seed; only the rule differs. The default strategy is
+``random``: its proposals do not depend on rewards, so with one seed every rule trains the *same*
+networks in the same order and the difference between runs is the rule alone (with ``qlearning``
+the rewards of stopped networks steer the search elsewhere, and "was the full search's best
+stopped?" has no answer).
 
 Measured per run, from the store:
 - training epochs spent: rows of ``trial_epochs`` (every epoch trained, restarts included);
