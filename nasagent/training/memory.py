@@ -32,10 +32,11 @@ from nasagent.core.nsc import CONV, CONV_FILTERS, HEAD_UNITS, NSCNetwork
 FLOAT_BYTES = 4
 PARAM_COPIES = 5
 """Weights, gradients, Adam's first and second moments, the best epoch's copy."""
-ACTIVATION_SLACK = 3.0
-"""Measured peak memory of training on CPU was up to about 2.5 times the activations counted above
-(dropout outputs, autograd's saved tensors and buffers, the allocator keeping freed blocks):
-tests/test_memory.py checks that the estimate covers the measured peak without overshooting 4×."""
+ACTIVATION_SLACK = 3.25
+"""Measured peak memory of training on CPU was up to about 3 times the activations counted above
+(dropout outputs, autograd's saved tensors and buffers, the allocator keeping freed blocks; the
+peak of one network varied by 7% between runs on a loaded machine): tests/test_memory.py checks
+that the estimate covers the measured peak without overshooting 4×."""
 WEIGHT_TEMPORARIES = 4
 """Copies of the largest weight tensor alive at once in an update: Adam's temporaries, and a new
 gradient allocated while the allocator still holds the last one (measured)."""
