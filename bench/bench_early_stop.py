@@ -320,11 +320,17 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "runs.jsonl"
     results = load_results(results_path)
-    db, _ = database(work, args.db)
     rules = args.rules.split(",")
     if not args.report_only:
-        for dataset in args.datasets.split(","):
-            run_dataset(dataset, range(args.seeds), rules, args, db, work, results, results_path)
+        db, started = database(work, args.db)
+        try:
+            for dataset in args.datasets.split(","):
+                run_dataset(dataset, range(args.seeds), rules, args, db, work, results, results_path)
+        finally:
+            if started:  # the embedded server this run started (it would outlive the benchmark)
+                from nasagent.persistence import stop_embedded
+
+                stop_embedded(work / "pg")
     section = report(results, args)
     print(section)
     if not args.no_write:
