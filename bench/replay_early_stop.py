@@ -72,8 +72,11 @@ def read_runs(pattern: str) -> dict[str, list[dict[str, Any]]]:
     return {run: sorted(trials, key=lambda r: r["trial_id"]) for run, trials in runs.items()}
 
 
-def replay(store: Any, run: str, trials: list[dict[str, Any]], rule: str, args: argparse.Namespace) -> Replayed:
-    """Replay ``trials`` through a judge of ``rule`` (see the module docstring)."""
+def replay(
+    store: Any, run: str, trials: list[dict[str, Any]], rule: str, args: argparse.Namespace, delta: float | None = None
+) -> Replayed:
+    """Replay ``trials`` through a judge of ``rule`` (``predict``: with ``delta``, else its default;
+    see the module docstring)."""
     from compare_searchers import dataset_spec
     from searchers_grid import SPACE
 
@@ -87,9 +90,12 @@ def replay(store: Any, run: str, trials: list[dict[str, Any]], rule: str, args: 
     early_stop: dict[str, Any] = {"rule": rule}
     if rule == "predict":
         early_stop |= {"min_trials": args.min_trials, "retrain_every": args.retrain_every}
+        if delta is not None:
+            early_stop["delta"] = delta
     dataset = dataset_spec(trials[0]["dataset"], args.work)
     config = SearchConfig(dataset=dataset, space=SPACE, epochs=epochs, early_stop=early_stop)
-    name = f"replay-{run}-{rule}".replace("|", "-")
+    shown = rule if delta is None else f"{rule} Δ={delta:g}"
+    name = f"replay-{run}-{rule}-{delta}".replace("|", "-")
     try:
         store.delete_experiment(store.get_experiment(name).id)
     except Exception:  # noqa: BLE001 - no such experiment yet
@@ -140,7 +146,7 @@ def replay(store: Any, run: str, trials: list[dict[str, Any]], rule: str, args: 
     late_full = sum(len(r["history"]) for r in trials[args.min_trials :])
     label = run.replace("|", ", ")  # "digits|random|0": Markdown tables split at "|"
     return Replayed(
-        label, rule, len(trials), trained, full, stopped, max(kept, default=0.0), top_stopped, late, late_full
+        label, shown, len(trials), trained, full, stopped, max(kept, default=0.0), top_stopped, late, late_full
     )
 
 
@@ -157,7 +163,8 @@ Machine: {machine()} (no training: the replay writes each recorded epoch to the 
 search's own judge). Curves: the comparison grid's committed records ({args.records}), each run's networks
 in the order they were trained, one at a time. Rules with their defaults, except `predict`'s
 `--early-stop-min-trials {args.min_trials}` and `--early-stop-retrain-every {args.retrain_every}` (the
-paper waits for 100 networks; these runs have fewer). Epochs: every epoch replayed (restarts included)
+paper waits for 100 networks; these runs have fewer) and its Δ where shown (default 0.99: stop when
+the network ends below the best so far with probability Δ). Epochs: every epoch replayed (restarts included)
 against every recorded epoch (`none`); "after n" counts only the networks after the first
 {args.min_trials}, the part where `predict` has a model. Best kept: the best final validation accuracy among the
 networks the rule let finish. Top 5 stopped: of the run's five best networks by final accuracy.
@@ -174,6 +181,7 @@ def main() -> None:
     parser.add_argument("--rules", default="median,predict")
     parser.add_argument("--min-trials", type=int, default=20, help="predict: trained networks before its first fit")
     parser.add_argument("--retrain-every", type=int, default=5, help="predict: refit after this many more")
+    parser.add_argument("--deltas", default="0.99", help="predict: comma-separated Δ, one replay each")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench-work" / "early-stop-replay")
     parser.add_argument("--no-write", action="store_true", help="print, leave docs/benchmarks.md alone")
     args = parser.parse_args()
@@ -189,9 +197,11 @@ def main() -> None:
         with Store.connect(embedded_url(args.work / "pg")) as store:
             for run, trials in runs.items():
                 for rule in args.rules.split(","):
-                    result = replay(store, run, trials, rule, args)
-                    results.append(result)
-                    print(result, flush=True)
+                    deltas = [float(d) for d in args.deltas.split(",")] if rule == "predict" else [None]
+                    for delta in deltas:
+                        result = replay(store, run, trials, rule, args, delta)
+                        results.append(result)
+                        print(result, flush=True)
     finally:
         stop_embedded(args.work / "pg")
     body = report(results, args)
