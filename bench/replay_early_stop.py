@@ -19,7 +19,7 @@ Reported: networks, epochs trained against ``none`` (every recorded epoch), netw
 best final accuracy among the networks left to finish, and how many of the run's top 5 by final
 accuracy the rule stopped.
 
-    .venv/bin/python bench/replay_early_stop.py [--min-trials 20] [--no-write]
+    .venv/bin/python bench/replay_early_stop.py [--min-trials 20] [--deltas 0.9,0.95,0.99] [--no-write]
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--rules", default="median,predict")
     parser.add_argument("--min-trials", type=int, default=20, help="predict: trained networks before its first fit")
     parser.add_argument("--retrain-every", type=int, default=5, help="predict: refit after this many more")
-    parser.add_argument("--deltas", default="0.99", help="predict: comma-separated Δ, one replay each")
+    parser.add_argument("--deltas", default="0.9,0.95,0.99", help="predict: comma-separated Δ, one replay each")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench-work" / "early-stop-replay")
     parser.add_argument("--no-write", action="store_true", help="print, leave docs/benchmarks.md alone")
     args = parser.parse_args()
