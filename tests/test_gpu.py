@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,28 +57,34 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def test_training_runs_on_the_gpu_in_bf16_channels_last_and_learns(
-    colour: DataBundle, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[tuple[str, bool, torch.dtype, torch.dtype]] = []
+def spy_on_first_convolution(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool, torch.dtype]]:
+    """Every forward pass of the first convolution of each model the trainer builds, from now on: the
+    device of its input, whether that input is channels_last, and the dtype of its output."""
+    seen: list[tuple[str, bool, torch.dtype]] = []
     build = build_model
 
-    def spying_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def look(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x = inputs[0]
+        seen.append((x.device.type, x.is_contiguous(memory_format=torch.channels_last), output.dtype))
+
+    def spying_build(*args: Any, **kwargs: Any) -> nn.Module:
         model = build(*args, **kwargs)
-
-        def look(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            x = inputs[0]
-            seen.append((x.device.type, x.is_contiguous(memory_format=torch.channels_last), x.dtype, output.dtype))
-
         first_conv(model).register_forward_hook(look)
         return model
 
     monkeypatch.setattr("nasagent.training.trainer.build_model", spying_build)
+    return seen
+
+
+def test_training_runs_on_the_gpu_in_bf16_channels_last_and_learns(
+    colour: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = spy_on_first_convolution(monkeypatch)
     result = train_architecture(CONV_NET, colour, TrainConfig(epochs=4, device="cuda"))
     assert result.status == "done" and result.failure is None
     assert result.accuracy > 0.9
     assert seen, "the hook never ran"
-    devices, channels_last, _, outputs = zip(*seen)
+    devices, channels_last, outputs = zip(*seen)
     assert set(devices) == {"cuda"}
     assert all(channels_last)  # the images arrive in channels_last: no layout conversion per batch
     assert set(outputs) == {torch.bfloat16}  # autocast ran the convolution in bf16
@@ -86,26 +93,16 @@ def test_training_runs_on_the_gpu_in_bf16_channels_last_and_learns(
 def test_fp32_contiguous_when_bf16_and_channels_last_are_off(
     colour: DataBundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[bool, torch.dtype]] = []
-    build = build_model
-
-    def spying_build(*args, **kwargs):  # type: ignore[no-untyped-def]
-        model = build(*args, **kwargs)
-        first_conv(model).register_forward_hook(
-            lambda m, i, o: seen.append((i[0].is_contiguous(memory_format=torch.channels_last), o.dtype))
-        )
-        return model
-
-    monkeypatch.setattr("nasagent.training.trainer.build_model", spying_build)
+    seen = spy_on_first_convolution(monkeypatch)
     cfg = TrainConfig(epochs=2, device="cuda", bf16=False, channels_last=False)
     result = train_architecture(CONV_NET, colour, cfg)
     assert result.status == "done" and result.accuracy > 0.5
-    assert {dtype for _, dtype in seen} == {torch.float32}
-    assert not any(layout for layout, _ in seen)
+    assert {dtype for _, _, dtype in seen} == {torch.float32}
+    assert not any(layout for _, layout, _ in seen)
 
 
 def test_nas_environment_network_trains_on_the_gpu(digits: DataBundle) -> None:
-    result = train_architecture(NSC_NET, digits, TrainConfig(epochs=3, device="cuda", score="final"))  # type: ignore[arg-type]
+    result = train_architecture(NSC_NET, digits, TrainConfig(epochs=3, device="cuda", score="final"))
     assert result.status == "done" and result.accuracy > 0.5
 
 

@@ -79,13 +79,14 @@ def _dropout_after(hidden: Sequence[Layer], options: BuildOptions) -> dict[int, 
 
 
 def build_model(
-    arch: Architecture,
+    arch: Architecture | NSCNetwork,
     input_shape: tuple[int, int, int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     options: BuildOptions = BuildOptions(),
 ) -> nn.Module:
-    """Build ``arch`` for inputs of shape ``input_shape`` = (C, H, W); returns an ``nn.Sequential``.
+    """Build ``arch`` for inputs of shape ``input_shape`` = (C, H, W): an ``nn.Sequential`` for a chain
+    architecture, the NAS environment's module for an ``NSCNetwork``.
 
     ``mean``/``std`` are per-channel statistics of the training images (defaults 0 and 1; unused
     with ``options.gcn``). Weights get Xavier (Glorot uniform) initialisation and zero biases, as in

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from nasagent.core.arch import Architecture
+from nasagent.core.nsc import NSCNetwork
 from nasagent.core.trial import TrialStatus
 from nasagent.errors import ConfigError
 from nasagent.training.build import build_model, count_params
@@ -137,7 +138,7 @@ def chance_accuracy(y: torch.Tensor) -> float:
 
 
 def train_architecture(
-    arch: Architecture,
+    arch: Architecture | NSCNetwork,
     data: DataBundle,
     cfg: TrainConfig,
     options: BuildOptions = BuildOptions(),
