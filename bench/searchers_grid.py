@@ -330,14 +330,17 @@ def export(jobs: list[Job], work: Path, db: str) -> int:
             trials = [t for t in store.trials(experiment.id) if str(t.status) in ("done", "failed")]
             status = experiment_status(store, experiment.name)
             config = experiment.config
+            identity = {
+                "run": run.key,
+                "dataset": run.dataset,
+                "label": run.label,
+                "strategy": run.strategy,
+                "options": run.options,
+                "seed": run.seed,
+            }
             records = [
                 {
-                    "run": run.key,
-                    "dataset": run.dataset,
-                    "label": run.label,
-                    "strategy": run.strategy,
-                    "options": run.options,
-                    "seed": run.seed,
+                    **identity,
                     "trial": index,
                     "trial_id": t.id,
                     "arch": t.arch,
@@ -359,12 +362,7 @@ def export(jobs: list[Job], work: Path, db: str) -> int:
             result = finished.get(run.key, {})
             summaries.append(
                 {
-                    "run": run.key,
-                    "dataset": run.dataset,
-                    "label": run.label,
-                    "strategy": run.strategy,
-                    "options": run.options,
-                    "seed": run.seed,
+                    **identity,
                     "experiment": experiment.name,
                     "budget": BUDGET,
                     "epochs": config.get("epochs"),

@@ -262,6 +262,25 @@ def run_meta(meta: Meta, db: str, work: Path, results: Path) -> Path:
     return policy
 
 
+def eval_record(run: EvalRun, wall: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """The record of a finished evaluation run: its settings, wall time and the experiment's ``summary``."""
+    return {
+        "key": run.key,
+        "phase": "eval",
+        "dataset": run.dataset,
+        "label": run.label,
+        "strategy": LABELS[run.label],
+        "seed": run.seed,
+        "budget": run.settings.budget,
+        "epochs": run.settings.epochs,
+        "images": run.settings.images,
+        "setting": run.settings.tag,
+        "policy": run.policy,
+        "wall_s": wall,
+        **summary,
+    }
+
+
 def run_eval(run: EvalRun, policy: Path | None, db: str, work: Path, results: Path) -> None:
     """One search on an unseen dataset (or its resumption), then its records."""
     from nasagent.persistence.postgres import Store
@@ -298,22 +317,7 @@ def run_eval(run: EvalRun, policy: Path | None, db: str, work: Path, results: Pa
     wall = run_cli(command, work, work / "logs" / f"{name}.log")
     with Store.connect(db) as store:
         summary, rows = export(store, name, run.dataset)
-    record = {
-        "key": run.key,
-        "phase": "eval",
-        "dataset": run.dataset,
-        "label": run.label,
-        "strategy": LABELS[run.label],
-        "seed": run.seed,
-        "budget": run.settings.budget,
-        "epochs": run.settings.epochs,
-        "images": run.settings.images,
-        "setting": run.settings.tag,
-        "policy": run.policy,
-        "wall_s": wall,
-        **summary,
-    }
-    transfer_records.add_run(results, record, rows)
+    transfer_records.add_run(results, eval_record(run, wall, summary), rows)
     best = max((r["accuracy"] or 0.0) for r in rows) if rows else float("nan")
     print(f"{run.key}: {len(rows)} networks, best {best:.4f}, {wall:.0f} s", flush=True)
 

@@ -121,25 +121,14 @@ def network(n: int, accuracy: float, action: int = 1, classes: int = 10) -> dict
 
 
 def eval_record(run: transfer.EvalRun) -> dict[str, object]:
-    return {
-        "key": run.key,
-        "phase": "eval",
-        "dataset": run.dataset,
-        "label": run.label,
-        "strategy": transfer.LABELS[run.label],
-        "seed": run.seed,
-        "budget": run.settings.budget,
-        "epochs": run.settings.epochs,
-        "images": run.settings.images,
-        "setting": run.settings.tag,
-        "policy": run.policy,
-        "wall_s": 10.0,
+    summary = {
         "experiment": transfer.experiment_name(run.key),
         "rewarded": 6,
         "unique": run.settings.budget,
         "exhausted": None,
         "strategy_summary": {},
     }
+    return transfer.eval_record(run, 10.0, summary)
 
 
 def test_the_plan_keeps_evaluation_datasets_unseen_and_interleaves_searchers_within_a_seed() -> None:
